@@ -1,0 +1,61 @@
+# mwml: `make run` and `make test` each set everything up first (idempotent), then do their job.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.mwml-installed
+
+# Read the Made With ML files from the shared mirror when it is there and nothing else was chosen.
+SHARED_MIRROR := $(abspath ../shared/data/madewithml)
+ifeq ($(origin MWML_DATA_MIRROR), undefined)
+ifneq ($(wildcard $(SHARED_MIRROR)/dataset.csv),)
+export MWML_DATA_MIRROR := $(SHARED_MIRROR)
+endif
+endif
+
+.PHONY: help setup run test sync-check lint format docs readme lab clean
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-11s %s\n", $$1, $$2}'
+
+setup: $(STAMP) ## create .venv, install mwml[dev], register the `mwml` Jupyter kernel, nbdev git hooks
+
+$(STAMP): settings.ini setup.py pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	$(BIN)/python -m ipykernel install --sys-prefix --name mwml --display-name "Python (mwml)"
+	if git rev-parse --git-dir >/dev/null 2>&1; then $(BIN)/nbdev_install_hooks >/dev/null; fi
+	touch $@
+
+run: setup ## the main job on embedded defaults: fetch -> validate -> train -> evaluate on holdout
+	$(BIN)/mwml pipeline
+
+test: setup sync-check ## sync checks, notebook tests (nbdev_test), then pytest
+	$(BIN)/nbdev_test --n_workers 2 --timing
+	$(BIN)/python -m pytest tests
+
+sync-check: setup ## notebooks clean, library and README in sync with the notebooks
+	$(BIN)/python tools/check_sync.py
+
+lint: setup ## ruff over the library, notebooks, tests and tools
+	$(BIN)/ruff check mwml nbs tests tools benchmarks
+	$(BIN)/ruff format --check tests tools benchmarks
+
+format: setup ## ruff-format the hand-written Python, then clean, export and regenerate README
+	$(BIN)/ruff format tests tools benchmarks
+	$(BIN)/nbdev_clean && $(BIN)/nbdev_export && $(MAKE) readme
+
+readme: setup ## README.md from nbs/index.ipynb (without Quarto)
+	$(BIN)/python tools/readme.py
+
+docs: setup ## the Quarto site (needs Quarto; CI's docs workflow has it), else the README fallback
+	if command -v quarto >/dev/null; then $(BIN)/nbdev_docs; \
+	else echo "Quarto is not installed here: regenerating README.md only (the docs workflow builds the site)"; $(BIN)/python tools/readme.py; fi
+
+lab: setup ## JupyterLab on 127.0.0.1 with the mwml kernel
+	$(BIN)/jupyter lab --ip 127.0.0.1 --notebook-dir nbs
+
+clean: ## remove what runs produce (keeps .venv and data/raw)
+	rm -rf reports logs _docs _proc .pytest_cache .ruff_cache nbs/.quarto nbs/_site
