@@ -14,7 +14,7 @@ export MWML_DATA_MIRROR := $(SHARED_MIRROR)
 endif
 endif
 
-.PHONY: help setup run test sync-check lint format docs readme lab clean
+.PHONY: help setup run test sync-check lint format bench docs readme lab clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-11s %s\n", $$1, $$2}'
@@ -46,6 +46,9 @@ lint: setup ## ruff over the library, notebooks, tests and tools
 format: setup ## ruff-format the hand-written Python, then clean, export and regenerate README
 	$(BIN)/ruff format tests tools benchmarks
 	$(BIN)/nbdev_clean && $(BIN)/nbdev_export && $(MAKE) readme
+
+bench: setup ## measure the baseline (quality with interval, speed, size, memory) into benchmarks/results/
+	$(BIN)/python benchmarks/baseline.py
 
 readme: setup ## README.md from nbs/index.ipynb (without Quarto)
 	$(BIN)/python tools/readme.py

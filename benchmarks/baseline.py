@@ -1,0 +1,107 @@
+"""Measure the TF-IDF baseline: holdout quality with a bootstrap interval, training time, latency,
+throughput, model size and peak memory. Prints a Markdown table; writes benchmarks/results/baseline.json.
+
+    .venv/bin/python benchmarks/baseline.py [--repeats 5] [--bootstrap 1000]
+"""
+
+import argparse
+import json
+import os
+import platform
+import resource
+import statistics
+import tempfile
+import time
+from datetime import UTC, datetime
+from importlib.metadata import version
+from pathlib import Path
+
+import numpy as np
+from sklearn.metrics import f1_score
+
+from mwml.baseline import BaselineConfig, BaselineModel, classification_scores
+from mwml.data import load, split
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def bootstrap_interval(y_true, y_pred, n: int, seed: int = 0) -> tuple[float, float]:
+    "95% bootstrap interval of the weighted F1 (resampling holdout rows with replacement)."
+    rng, y_true, y_pred = np.random.default_rng(seed), np.asarray(y_true), np.asarray(y_pred)
+    scores = []
+    for _ in range(n):
+        i = rng.integers(0, len(y_true), len(y_true))
+        scores.append(f1_score(y_true[i], y_pred[i], average="weighted", zero_division=0))
+    return float(np.percentile(scores, 2.5)), float(np.percentile(scores, 97.5))
+
+
+def timed(fn, repeats: int) -> list[float]:
+    "Wall-clock seconds of `repeats` calls of `fn`."
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def main() -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=5, help="timed repetitions of each measurement")
+    parser.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the interval")
+    args = parser.parse_args()
+
+    train, val = split(load("dataset"))
+    holdout = load("holdout")
+    config = BaselineConfig()
+    fit_times = timed(lambda: BaselineModel(config).fit(train), args.repeats)
+    model = BaselineModel(config).fit(train)
+    predicted = model.predict(holdout)
+    scores = classification_scores(holdout.tag, predicted, model.labels.classes)
+    low, high = bootstrap_interval(holdout.tag, predicted, args.bootstrap)
+
+    one = [holdout.iloc[[i]] for i in range(len(holdout))]
+    single = [t for row in one for t in timed(lambda row=row: model.predict_proba(row), 1)]
+    batch = timed(lambda: model.predict_proba(holdout), args.repeats)
+    with tempfile.TemporaryDirectory() as d:
+        size = sum(f.stat().st_size for f in model.save(d).iterdir())
+
+    result = {
+        "benchmark": "baseline",
+        "when": datetime.now(UTC).isoformat(timespec="seconds"),
+        "machine": {"platform": platform.platform(), "processor": platform.machine(), "cpus": os.cpu_count(),
+                    "python": platform.python_version(), "scikit-learn": version("scikit-learn")},
+        "config": {k: list(v) if isinstance(v, tuple) else v for k, v in vars(config).items()},
+        "n_train": len(train),
+        "n_holdout": len(holdout),
+        "holdout": {"precision": scores["precision"], "recall": scores["recall"], "f1": scores["f1"],
+                    "f1_ci95": [low, high], "f1_macro": scores["f1_macro"],
+                    "f1_per_class": {c: v["f1"] for c, v in scores["per_class"].items()}},
+        "fit_seconds_median": statistics.median(fit_times),
+        "latency_ms_1_item": {"p50": 1000 * float(np.percentile(single, 50)), "p99": 1000 * float(np.percentile(single, 99))},
+        "throughput_items_per_s_batch": len(holdout) / statistics.median(batch),
+        "model_bytes": size,
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    }  # fmt: skip
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "baseline.json").write_text(json.dumps(result, indent=2) + "\n")
+    h = result["holdout"]
+    rows = [
+        ("holdout weighted precision / recall / F1", f"{h['precision']:.3f} / {h['recall']:.3f} / {h['f1']:.3f}"),
+        ("holdout weighted F1, 95% bootstrap interval", f"{low:.3f} – {high:.3f}"),
+        ("holdout F1 per class", ", ".join(f"{c} {v:.3f}" for c, v in h["f1_per_class"].items())),
+        ("fit time (median)", f"{result['fit_seconds_median']:.2f} s on {len(train)} rows"),
+        ("latency, 1 item (p50 / p99)", "{p50:.1f} / {p99:.1f} ms".format(**result["latency_ms_1_item"])),
+        ("throughput, whole holdout in one batch", f"{result['throughput_items_per_s_batch']:.0f} items/s"),
+        ("model size", f"{size / 1e6:.1f} MB"),
+        ("peak RSS", f"{result['peak_rss_mb']:.0f} MB"),
+    ]
+    print("| measure | baseline |\n|---|---|")
+    for name, value in rows:
+        print(f"| {name} | {value} |")
+    print(f"\nwrote {RESULTS / 'baseline.json'}")
+    return result
+
+
+if __name__ == "__main__":
+    main()
