@@ -5,34 +5,16 @@ throughput, model size and peak memory. Prints a Markdown table; writes benchmar
 """
 
 import argparse
-import json
-import os
-import platform
 import resource
 import statistics
 import tempfile
 import time
-from datetime import UTC, datetime
-from importlib.metadata import version
-from pathlib import Path
 
 import numpy as np
-from sklearn.metrics import f1_score
+from common import bootstrap_interval, machine, write_result
 
 from mwml.baseline import BaselineConfig, BaselineModel, classification_scores
 from mwml.data import load, split
-
-RESULTS = Path(__file__).resolve().parent / "results"
-
-
-def bootstrap_interval(y_true, y_pred, n: int, seed: int = 0) -> tuple[float, float]:
-    "95% bootstrap interval of the weighted F1 (resampling holdout rows with replacement)."
-    rng, y_true, y_pred = np.random.default_rng(seed), np.asarray(y_true), np.asarray(y_pred)
-    scores = []
-    for _ in range(n):
-        i = rng.integers(0, len(y_true), len(y_true))
-        scores.append(f1_score(y_true[i], y_pred[i], average="weighted", zero_division=0))
-    return float(np.percentile(scores, 2.5)), float(np.percentile(scores, 97.5))
 
 
 def timed(fn, repeats: int) -> list[float]:
@@ -67,10 +49,7 @@ def main() -> dict:
         size = sum(f.stat().st_size for f in model.save(d).iterdir())
 
     result = {
-        "benchmark": "baseline",
-        "when": datetime.now(UTC).isoformat(timespec="seconds"),
-        "machine": {"platform": platform.platform(), "processor": platform.machine(), "cpus": os.cpu_count(),
-                    "python": platform.python_version(), "scikit-learn": version("scikit-learn")},
+        "machine": machine("scikit-learn"),
         "config": {k: list(v) if isinstance(v, tuple) else v for k, v in vars(config).items()},
         "n_train": len(train),
         "n_holdout": len(holdout),
@@ -83,8 +62,6 @@ def main() -> dict:
         "model_bytes": size,
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
     }  # fmt: skip
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "baseline.json").write_text(json.dumps(result, indent=2) + "\n")
     h = result["holdout"]
     rows = [
         ("holdout weighted precision / recall / F1", f"{h['precision']:.3f} / {h['recall']:.3f} / {h['f1']:.3f}"),
@@ -96,10 +73,7 @@ def main() -> dict:
         ("model size", f"{size / 1e6:.1f} MB"),
         ("peak RSS", f"{result['peak_rss_mb']:.0f} MB"),
     ]
-    print("| measure | baseline |\n|---|---|")
-    for name, value in rows:
-        print(f"| {name} | {value} |")
-    print(f"\nwrote {RESULTS / 'baseline.json'}")
+    write_result("baseline", result, rows, ("measure", "baseline"))
     return result
 
 
