@@ -14,7 +14,7 @@ export MWML_DATA_MIRROR := $(SHARED_MIRROR)
 endif
 endif
 
-.PHONY: help setup run test sync-check lint format bench docs readme lab clean
+.PHONY: help setup run test sync-check lint format bench bench-train docs readme lab clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-11s %s\n", $$1, $$2}'
@@ -50,6 +50,9 @@ format: setup ## ruff-format the hand-written Python, then clean, export and reg
 bench: setup ## measure the baseline (quality with interval, speed, size, memory) into benchmarks/results/
 	$(BIN)/python benchmarks/baseline.py
 
+bench-train: setup ## train the tagger in-process and on Ray Train x2, with intervals and times (about 8 min on 2 cores)
+	$(BIN)/python benchmarks/train.py --workers 2
+
 readme: setup ## README.md from nbs/index.ipynb (without Quarto)
 	$(BIN)/python tools/readme.py
 
@@ -60,5 +63,5 @@ docs: setup ## the Quarto site (needs Quarto; CI's docs workflow has it), else t
 lab: setup ## JupyterLab on 127.0.0.1 with the mwml kernel
 	$(BIN)/jupyter lab --ip 127.0.0.1 --notebook-dir nbs
 
-clean: ## remove what runs produce (keeps .venv and data/raw)
-	rm -rf reports logs _docs _proc .pytest_cache .ruff_cache nbs/.quarto nbs/_site
+clean: ## remove what runs produce (keeps .venv, data/raw and the MLflow store)
+	rm -rf reports logs ray_results _docs _proc .pytest_cache .ruff_cache nbs/.quarto nbs/_site

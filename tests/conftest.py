@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import mlflow
 import pytest
 
 from mwml.config import get_settings
@@ -54,3 +55,10 @@ def raw_dir(env: dict) -> Path:
 def snapshot(folder: Path) -> dict:
     "Every file under `folder` (temporary ones included) with its bytes."
     return {p.relative_to(folder): p.read_bytes() for p in folder.rglob("*") if p.is_file()} if folder.exists() else {}
+
+
+def runs(env: dict, tracking_uri: str | None = None) -> list:
+    "Every run of the mwml experiment in the store `env` (or `tracking_uri`) points at."
+    client = mlflow.MlflowClient(tracking_uri or get_settings(env).tracking_uri)
+    experiment = client.get_experiment_by_name("mwml")
+    return [] if experiment is None else client.search_runs([experiment.experiment_id])

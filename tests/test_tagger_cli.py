@@ -10,7 +10,7 @@ from pathlib import Path
 import mlflow
 import pandas as pd
 import pytest
-from conftest import MWML, ROOT, run_mwml
+from conftest import MWML, ROOT, run_mwml, runs
 
 from mwml.config import get_settings
 from mwml.data import SOURCES
@@ -23,12 +23,6 @@ def write_config(folder: Path, **values) -> Path:
     path = folder / "config.json"
     path.write_text(json.dumps({**TINY, **values}))
     return path
-
-
-def runs(env: dict) -> list:
-    client = mlflow.MlflowClient(get_settings(env).tracking_uri)
-    experiment = client.get_experiment_by_name("mwml")
-    return [] if experiment is None else client.search_runs([experiment.experiment_id])
 
 
 def artifacts(env: dict, run_id: str, path: str = "") -> set[str]:

@@ -11,18 +11,11 @@ import mlflow
 import nbformat
 import pandas as pd
 import pytest
-from conftest import free_port, run_mwml
+from conftest import free_port, run_mwml, runs
 
 from mwml.baseline import BaselineModel
 from mwml.config import get_settings
 from mwml.data import SOURCES
-
-
-def runs(env: dict, tracking_uri: str | None = None) -> pd.DataFrame:
-    "Every run of the mwml experiment in the store `env` points at."
-    client = mlflow.MlflowClient(tracking_uri or get_settings(env).tracking_uri)
-    experiment = client.get_experiment_by_name("mwml")
-    return [] if experiment is None else client.search_runs([experiment.experiment_id])
 
 
 def test_train_tracks_everything_in_mlflow(env, tmp_path):
@@ -58,13 +51,17 @@ def test_a_run_that_fails_is_marked_failed(env, tmp_path):
     assert run.info.status == "FAILED"
 
 
-def test_pipeline_prints_holdout_scores(env):
-    r = run_mwml("pipeline", env=env)
+def test_pipeline_prints_holdout_scores(env, tmp_path):
+    tiny = tmp_path / "tiny.json"  # the real default (MiniLM, 7 epochs) is what `make run` and benchmarks/train.py run
+    tiny.write_text('{"backbone": "tiny", "epochs": 1, "sample_size": 96, "max_length": 64}')
+    r = run_mwml("pipeline", "--config", tiny, env=env)
     assert r.returncode == 0, r.stderr
-    scores = re.search(r"weighted precision ([\d.]+), recall ([\d.]+), F1 ([\d.]+)", r.stdout)
+    scores = re.search(r"baseline on holdout.csv: weighted precision ([\d.]+), recall ([\d.]+), F1 ([\d.]+)", r.stdout)
     assert scores, r.stdout
     precision, recall, f1 = map(float, scores.groups())
     assert f1 >= 0.90 and precision >= 0.90
+    assert "tagger on holdout.csv: weighted precision" in r.stdout
+    assert {run.data.tags["model"] for run in runs(env)} == {"baseline", "tagger"}
     assert "mlflow ui --backend-store-uri" in r.stdout
 
 
