@@ -2,9 +2,11 @@
 
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import mlflow
@@ -62,3 +64,17 @@ def runs(env: dict, tracking_uri: str | None = None) -> list:
     client = mlflow.MlflowClient(tracking_uri or get_settings(env).tracking_uri)
     experiment = client.get_experiment_by_name("mwml")
     return [] if experiment is None else client.search_runs([experiment.experiment_id])
+
+
+def interrupt(proc: subprocess.Popen, every: float = 5, patience: float = 180) -> None:
+    "Press Ctrl+C on `proc` (again every `every` seconds, as a user would) until it exits."
+    deadline = time.monotonic() + patience
+    while proc.poll() is None and time.monotonic() < deadline:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.communicate(timeout=every)
+        except subprocess.TimeoutExpired:
+            continue
+    if proc.poll() is None:
+        proc.kill()
+        proc.communicate()

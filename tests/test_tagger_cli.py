@@ -2,7 +2,6 @@
 resume after an interruption, and clear failures, all against a real local MLflow store."""
 
 import json
-import signal
 import subprocess
 import time
 from pathlib import Path
@@ -10,7 +9,7 @@ from pathlib import Path
 import mlflow
 import pandas as pd
 import pytest
-from conftest import MWML, ROOT, run_mwml, runs
+from conftest import MWML, ROOT, interrupt, run_mwml, runs
 
 from mwml.config import get_settings
 from mwml.data import SOURCES
@@ -73,9 +72,7 @@ def test_interrupted_run_is_failed_then_resumes(env, tmp_path):
         assert proc.poll() is None, proc.communicate()
         assert time.monotonic() < deadline, "no checkpoint within 300 s"
         time.sleep(0.2)
-    time.sleep(0.5)  # let the checkpoint's upload finish
-    proc.send_signal(signal.SIGINT)  # what Ctrl+C does
-    proc.communicate(timeout=120)
+    interrupt(proc)
     assert proc.returncode != 0
     [run] = runs(env)
     assert run.info.status == "FAILED"
