@@ -66,6 +66,12 @@ def runs(env: dict, tracking_uri: str | None = None) -> list:
     return [] if experiment is None else client.search_runs([experiment.experiment_id])
 
 
+def start_mwml(*args, env: dict) -> subprocess.Popen:
+    "Start `mwml` in the background, with Ctrl+C working as in a terminal (a background CI job may ignore SIGINT)."
+    return subprocess.Popen([str(MWML), *map(str, args)], env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # fmt: skip
+
+
 def interrupt(proc: subprocess.Popen, every: float = 5, patience: float = 180) -> None:
     "Press Ctrl+C on `proc` (again every `every` seconds, as a user would) until it exits."
     deadline = time.monotonic() + patience

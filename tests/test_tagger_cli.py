@@ -2,14 +2,13 @@
 resume after an interruption, and clear failures, all against a real local MLflow store."""
 
 import json
-import subprocess
 import time
 from pathlib import Path
 
 import mlflow
 import pandas as pd
 import pytest
-from conftest import MWML, ROOT, interrupt, run_mwml, runs
+from conftest import interrupt, run_mwml, runs, start_mwml
 
 from mwml.config import get_settings
 from mwml.data import SOURCES
@@ -64,8 +63,7 @@ def test_train_tiny_tagger_on_ray_with_two_workers(env, tmp_path):
 
 def test_interrupted_run_is_failed_then_resumes(env, tmp_path):
     config = write_config(tmp_path, epochs=6, sample_size=None, batch_size=4, patience=10)  # ~7 slow-ish epochs
-    proc = subprocess.Popen([str(MWML), "train", "--config", str(config)], env=env, cwd=ROOT,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    proc = start_mwml("train", "--config", config, env=env)
     home = get_settings(env).home
     deadline = time.monotonic() + 300
     while not list(home.glob("mlartifacts/**/checkpoint/state.json")):

@@ -45,7 +45,7 @@ def test_a_run_that_fails_is_marked_failed(env, tmp_path):
     mirror = tmp_path / "mirror"
     mirror.mkdir()
     (mirror / "dataset.csv").write_text("id,created_on,title,description,tag\n")  # wrong checksum
-    r = run_mwml("train", env={**env, "MWML_DATA_MIRROR": str(mirror)})
+    r = run_mwml("train", "--model", "baseline", env={**env, "MWML_DATA_MIRROR": str(mirror)})
     assert r.returncode == 1 and "sha256" in r.stderr
     [run] = runs(env)
     assert run.info.status == "FAILED"
@@ -90,7 +90,7 @@ def mlflow_server(tmp_path):
 
 
 def test_train_against_a_tracking_server(env, mlflow_server, tmp_path):
-    r = run_mwml("train", env={**env, "MLFLOW_TRACKING_URI": mlflow_server})
+    r = run_mwml("train", "--model", "baseline", env={**env, "MLFLOW_TRACKING_URI": mlflow_server})
     assert r.returncode == 0, r.stderr
     [run] = runs(env, mlflow_server)
     assert run.info.status == "FINISHED" and run.data.metrics["holdout_f1"] >= 0.90

@@ -2,11 +2,9 @@
 best config fed back to `mwml train`, and resuming an interrupted search."""
 
 import json
-import subprocess
 import time
 
-import mlflow
-from conftest import MWML, ROOT, interrupt, run_mwml, runs
+from conftest import interrupt, run_mwml, runs, start_mwml
 
 from mwml.config import get_settings
 from mwml.train import TrainConfig
@@ -21,31 +19,9 @@ def write_inputs(folder):
     return ["--config", folder / "base.json", "--space", folder / "space.json", "--max-epochs", "1"]
 
 
-def test_two_trial_search_tracks_parent_and_children(env, tmp_path):
+def test_search_interrupted_resumed_tracked_and_its_best_config_trains(env, tmp_path):
     best = tmp_path / "best.json"
-    r = run_mwml("tune", "--num-samples", "2", *write_inputs(tmp_path), "--output", best, env=env, timeout=600)
-    assert r.returncode == 0, r.stderr[-3000:]
-    assert "2 trials, 0 failed" in r.stdout
-    config = TrainConfig.from_file(best)
-    assert config.backbone == "tiny" and SPACE["lr"]["low"] <= config.lr <= SPACE["lr"]["high"]
-
-    all_runs = runs(env)
-    [parent] = [run for run in all_runs if run.data.tags.get("kind") == "tune"]
-    children = [run for run in all_runs if run.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
-    assert parent.info.status == "FINISHED" and parent.info.run_id in r.stdout
-    assert parent.data.metrics["trials"] == 2 and "best_valid_loss" in parent.data.metrics
-    assert parent.data.params["best_lr"] == str(config.lr)
-    assert len(children) == 2 and {c.info.status for c in children} == {"FINISHED"}
-    assert all("valid_loss" in c.data.metrics and c.data.params["backbone"] == "tiny" for c in children)
-
-    # the best config is what `mwml train --config` takes
-    r = run_mwml("train", "--config", best, env=env)
-    assert r.returncode == 0, r.stderr
-
-
-def test_an_interrupted_search_resumes(env, tmp_path):
-    args = [str(a) for a in ("tune", "--num-samples", "4", "--name", "job", *write_inputs(tmp_path))]
-    proc = subprocess.Popen([str(MWML), *args], env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = start_mwml("tune", "--num-samples", "4", "--name", "job", "--output", best, *write_inputs(tmp_path), env=env)
     deadline = time.monotonic() + 300
     while not [run for run in runs(env) if run.data.tags.get("mlflow.parentRunId") and run.info.status == "FINISHED"]:
         assert proc.poll() is None, proc.communicate()
@@ -55,13 +31,22 @@ def test_an_interrupted_search_resumes(env, tmp_path):
     [parent] = [run for run in runs(env) if run.data.tags.get("kind") == "tune"]
     assert (get_settings(env).home / "ray_results" / "job" / "mwml-search.json").exists()
 
-    r = run_mwml("tune", "--resume", *write_inputs(tmp_path), env=env, timeout=600)
+    r = run_mwml("tune", "--resume", "--output", best, *write_inputs(tmp_path), env=env, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
-    assert "4 trials" in r.stdout
-    [same_parent] = [run for run in runs(env) if run.data.tags.get("kind") == "tune"]
+    assert "4 trials, 0 failed" in r.stdout
+    all_runs = runs(env)
+    [same_parent] = [run for run in all_runs if run.data.tags.get("kind") == "tune"]
     assert same_parent.info.run_id == parent.info.run_id and same_parent.info.status == "FINISHED"
-    client = mlflow.MlflowClient(get_settings(env).tracking_uri)
-    assert client.get_run(parent.info.run_id).data.metrics["trials"] == 4
+    assert same_parent.data.metrics["trials"] == 4 and "best_valid_loss" in same_parent.data.metrics
+    children = [run for run in all_runs if run.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    assert len(children) >= 4 and "RUNNING" not in {c.info.status for c in children}  # an interrupted trial runs again
+    assert all(c.data.params["backbone"] == "tiny" for c in children)
+
+    config = TrainConfig.from_file(best)
+    assert config.backbone == "tiny" and SPACE["lr"]["low"] <= config.lr <= SPACE["lr"]["high"]
+    assert same_parent.data.params["best_lr"] == str(config.lr)
+    r = run_mwml("train", "--config", best, env=env)  # the best config is what `mwml train --config` takes
+    assert r.returncode == 0, r.stderr
 
 
 def test_invalid_space_fails_before_anything_starts(env, tmp_path):
