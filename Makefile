@@ -29,7 +29,7 @@ $(STAMP): settings.ini setup.py pyproject.toml
 	if git rev-parse --git-dir >/dev/null 2>&1; then $(BIN)/nbdev_install_hooks >/dev/null; fi
 	touch $@
 
-run: setup ## the main job on embedded defaults: fetch -> validate -> train -> evaluate on holdout
+run: setup ## the main job on embedded defaults: fetch -> validate -> train baseline + tagger -> evaluate on holdout
 	$(BIN)/mwml pipeline
 
 test: setup sync-check ## sync checks, notebook tests (nbdev_test), then pytest
