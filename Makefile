@@ -14,7 +14,7 @@ export MWML_DATA_MIRROR := $(SHARED_MIRROR)
 endif
 endif
 
-.PHONY: help setup run test sync-check lint format bench bench-train bench-tune docs readme lab clean
+.PHONY: help setup run test sync-check lint format bench bench-train bench-tune bench-evaluate docs readme lab clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-11s %s\n", $$1, $$2}'
@@ -52,6 +52,9 @@ bench: setup ## measure the baseline (quality with interval, speed, size, memory
 
 bench-train: setup ## train the tagger in-process and on Ray Train x2, with intervals and times (about 8 min on 2 cores)
 	$(BIN)/python benchmarks/train.py --workers 2
+
+bench-evaluate: setup ## evaluate baseline and calibrated MiniLM tagger: intervals, slices, calibration, pass rates (about 4 min)
+	$(BIN)/python benchmarks/evaluate.py
 
 bench-tune: setup ## a 12-trial MiniLM search on 300 rows, then default vs best config on holdout (about 15 min on 2 cores)
 	$(BIN)/python benchmarks/tune.py --num-samples 12 --sample-size 300 --max-epochs 4

@@ -19,6 +19,10 @@ ROOT = Path(__file__).resolve().parent.parent
 MWML = Path(sys.executable).parent / "mwml"
 
 
+def pytest_addoption(parser):
+    parser.addoption("--model", default=None, help="tests/model: the model to test (folder, run id, alias or version)")
+
+
 def free_port() -> int:
     "A TCP port on 127.0.0.1 that nothing listens on right now."
     with socket.socket() as s:
@@ -84,3 +88,27 @@ def interrupt(proc: subprocess.Popen, every: float = 5, patience: float = 180) -
     if proc.poll() is None:
         proc.kill()
         proc.communicate()
+
+
+@pytest.fixture
+def mlflow_server(tmp_path):
+    "A real `mlflow server` on 127.0.0.1 with its own SQLite store and served artifacts."
+    port = free_port()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+         "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}", "--artifacts-destination", str(tmp_path / "served")],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+                break
+            except OSError:
+                assert server.poll() is None, "mlflow server exited"
+                time.sleep(0.5)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.terminate()
+        server.wait(30)

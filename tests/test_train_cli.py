@@ -2,16 +2,12 @@
 `mlflow server` on 127.0.0.1) and a real papermill run on the `mwml` kernel."""
 
 import re
-import socket
-import subprocess
-import sys
-import time
 
 import mlflow
 import nbformat
 import pandas as pd
 import pytest
-from conftest import free_port, run_mwml, runs
+from conftest import run_mwml, runs
 
 from mwml.baseline import BaselineModel
 from mwml.config import get_settings
@@ -65,30 +61,6 @@ def test_pipeline_prints_holdout_scores(env, tmp_path):
     assert "mlflow ui --backend-store-uri" in r.stdout
 
 
-@pytest.fixture
-def mlflow_server(tmp_path):
-    "A real `mlflow server` on 127.0.0.1 with its own SQLite store and served artifacts."
-    port = free_port()
-    server = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
-         "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}", "--artifacts-destination", str(tmp_path / "served")],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
-    try:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-                break
-            except OSError:
-                assert server.poll() is None, "mlflow server exited"
-                time.sleep(0.5)
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.terminate()
-        server.wait(30)
-
-
 def test_train_against_a_tracking_server(env, mlflow_server, tmp_path):
     r = run_mwml("train", "--model", "baseline", env={**env, "MLFLOW_TRACKING_URI": mlflow_server})
     assert r.returncode == 0, r.stderr
@@ -128,7 +100,8 @@ def test_report_refuses_unknown_parameters_before_running(env):
 
 
 @pytest.mark.parametrize("command", [[], ["data"], ["data", "fetch"], ["data", "validate"], ["data", "split"],
-                                     ["train"], ["report"], ["pipeline"]])  # fmt: skip
+                                     ["train"], ["report"], ["pipeline"], ["evaluate"], ["register"],
+                                     ["promote"], ["leaderboard"], ["test-model"]])  # fmt: skip
 def test_every_command_has_help(env, command):
     r = run_mwml(*command, "--help", env=env)
     assert r.returncode == 0 and "Usage" in r.stdout, r.stderr
