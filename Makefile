@@ -14,7 +14,7 @@ export MWML_DATA_MIRROR := $(SHARED_MIRROR)
 endif
 endif
 
-.PHONY: help setup run test sync-check lint format bench bench-train bench-tune bench-evaluate docs readme lab clean
+.PHONY: help setup run serve test sync-check lint format bench bench-train bench-tune bench-evaluate bench-serve docs readme lab clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-11s %s\n", $$1, $$2}'
@@ -29,8 +29,11 @@ $(STAMP): settings.ini setup.py pyproject.toml
 	if git rev-parse --git-dir >/dev/null 2>&1; then $(BIN)/nbdev_install_hooks >/dev/null; fi
 	touch $@
 
-run: setup ## the main job on embedded defaults: fetch -> validate -> train baseline + tagger -> evaluate on holdout
+run: setup ## the main job on embedded defaults: fetch -> validate -> train -> evaluate -> behavioural tests -> register -> gate
 	$(BIN)/mwml pipeline
+
+serve: setup ## the HTTP API for the registry's champion on 127.0.0.1:8000 (Ray Serve, 2 replicas; run make run first)
+	$(BIN)/mwml serve --replicas 2
 
 test: setup sync-check ## sync checks, notebook tests (nbdev_test), then pytest
 	$(BIN)/nbdev_test --n_workers 2 --timing
@@ -55,6 +58,9 @@ bench-train: setup ## train the tagger in-process and on Ray Train x2, with inte
 
 bench-evaluate: setup ## evaluate baseline and calibrated MiniLM tagger: intervals, slices, calibration, pass rates (about 4 min)
 	$(BIN)/python benchmarks/evaluate.py
+
+bench-serve: setup ## in-process and HTTP latency/throughput: naive handler vs mwml serve (about 6 min; trains a tagger unless MODEL=folder)
+	cd benchmarks && ../$(BIN)/python serve.py $(if $(MODEL),--model $(MODEL))
 
 bench-tune: setup ## a 12-trial MiniLM search on 300 rows, then default vs best config on holdout (about 15 min on 2 cores)
 	$(BIN)/python benchmarks/tune.py --num-samples 12 --sample-size 300 --max-epochs 4

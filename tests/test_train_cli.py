@@ -101,7 +101,7 @@ def test_report_refuses_unknown_parameters_before_running(env):
 
 @pytest.mark.parametrize("command", [[], ["data"], ["data", "fetch"], ["data", "validate"], ["data", "split"],
                                      ["train"], ["report"], ["pipeline"], ["evaluate"], ["register"],
-                                     ["promote"], ["leaderboard"], ["test-model"]])  # fmt: skip
+                                     ["promote"], ["leaderboard"], ["test-model"], ["predict"], ["predict-file"], ["serve"]])  # fmt: skip
 def test_every_command_has_help(env, command):
     r = run_mwml(*command, "--help", env=env)
     assert r.returncode == 0 and "Usage" in r.stdout, r.stderr
