@@ -6,7 +6,7 @@
 __all__ = ['logger', 'ServeConfig', 'PredictionLog', 'MicroBatcher', 'Engine', 'Item', 'predict_request_model', 'Feedback',
            'build_app', 'serve_deployment', 'run_server']
 
-# %% ../nbs/11_serve.ipynb #4378c84f
+# %% ../nbs/11_serve.ipynb #56275478
 import asyncio
 import json
 import logging
@@ -29,7 +29,7 @@ from .config import get_settings
 from .data import DESCRIPTION_MAX, TITLE_MAX
 from .predict import Predictor
 
-# %% ../nbs/11_serve.ipynb #497b542c
+# %% ../nbs/11_serve.ipynb #651ac1d1
 logger = logging.getLogger(__name__)
 
 @dataclass
@@ -56,7 +56,7 @@ class ServeConfig:
         config.prediction_log = config.prediction_log or str(get_settings(env).home / "predictions.db")
         return config
 
-# %% ../nbs/11_serve.ipynb #a8d3e04a
+# %% ../nbs/11_serve.ipynb #0631a481
 class PredictionLog:
     "Predictions and feedback in SQLite (WAL; safe across threads and processes)."
     def __init__(self, path: Path | str):
@@ -89,7 +89,7 @@ class PredictionLog:
         with self._lock:
             return pd.read_sql("SELECT p.*, f.tag AS true_tag FROM predictions p LEFT JOIN feedback f ON f.prediction_id = p.id", self._db)
 
-# %% ../nbs/11_serve.ipynb #6e80f471
+# %% ../nbs/11_serve.ipynb #18bcaec8
 class MicroBatcher:
     "Gather concurrent single-item calls into batches for `fn(items) -> results`."
     def __init__(self, fn, max_batch_size: int = 32, wait_s: float = 0.0):
@@ -122,7 +122,7 @@ class MicroBatcher:
                 continue
             for (_, future), result in zip(batch, results): future.set_result(result)
 
-# %% ../nbs/11_serve.ipynb #1bba281f
+# %% ../nbs/11_serve.ipynb #8664cea5
 class Engine:
     "Model slot + batcher + prediction log + metrics: what the API's handlers call."
     def __init__(self, config: ServeConfig, predictor: Predictor | None = None):
@@ -154,12 +154,9 @@ class Engine:
         return self
 
     def _run_batch(self, items: list[dict]) -> list[dict]:
-        predictor = self.predictor
+        predictor = self.predictor  # the model of this whole batch, even if a reload swaps it meanwhile
         self.batch_sizes.observe(len(items))
-        frame = predictor.predict_frame(pd.DataFrame(items, columns=["title", "description"]))
-        probs = frame[[f"p_{c}" for c in predictor.classes]].to_numpy()
-        return [{"tag": t, "abstained": bool(a), "probabilities": dict(zip(predictor.classes, map(float, p))), "model": predictor.info}
-                for t, a, p in zip(frame.tag, frame.abstained, probs)]
+        return [{**answer, "model": predictor.info} for answer in predictor.predict(items)]
 
     async def predict(self, items: list[dict]) -> list[dict]:
         "Predict `items` (batched with concurrent requests), log every prediction, return answers with ids."
@@ -179,7 +176,7 @@ class Engine:
         await asyncio.to_thread(self.log.write, rows)
         return out
 
-# %% ../nbs/11_serve.ipynb #4820457e
+# %% ../nbs/11_serve.ipynb #141377dc
 class Item(BaseModel):
     "One project to tag."
     model_config = ConfigDict(extra="forbid")
@@ -199,7 +196,7 @@ class Feedback(BaseModel):
     id: str = Field(min_length=1, max_length=64, description="the prediction's id")
     tag: str = Field(min_length=1, max_length=64, description="the true tag")
 
-# %% ../nbs/11_serve.ipynb #de066f14
+# %% ../nbs/11_serve.ipynb #23298f65
 def _problems(exc: RequestValidationError) -> list[str]:
     "One readable line per validation error: where, what, and the limit."
     out = []
@@ -295,7 +292,7 @@ def _holdout_metrics(run_id: str | None) -> dict:
     try: return {k: v for k, v in mlflow.MlflowClient().get_run(run_id).data.metrics.items() if k.startswith("holdout_")}
     except Exception: return {}
 
-# %% ../nbs/11_serve.ipynb #66534e44
+# %% ../nbs/11_serve.ipynb #180c67da
 _ENGINES: list[Engine] = []  # the engine of this replica process (Ray Serve builds the app per replica)
 
 def _replica_app(config: ServeConfig, threads: int) -> FastAPI:
