@@ -18,12 +18,17 @@ from pathlib import Path
 import numpy as np
 
 # %% auto #0
-__all__ = ['LOG_LEVELS', 'DEVICES', 'logger', 'MwmlError', 'find_project_root', 'Settings', 'get_settings', 'atomic_write',
-           'setup_logging', 'set_seeds', 'pick_device', 'artifact_location', 'use_mlflow', 'git_sha']
+__all__ = ['LOG_LEVELS', 'DEVICES', 'BOOLEANS', 'KIND_NAMES', 'logger', 'MwmlError', 'SettingsError', 'find_project_root',
+           'Settings', 'env_setting', 'get_settings', 'atomic_write', 'LazyFileHandler', 'setup_logging', 'set_seeds',
+           'pick_device', 'artifact_location', 'use_mlflow', 'git_sha', 'init_ray']
 
 # %% ../nbs/00_config.ipynb #ccc30c08
 class MwmlError(Exception):
     "An error the user can fix; its message says what is wrong and what to do."
+
+# %% ../nbs/00_config.ipynb #553e2c6f
+class SettingsError(MwmlError):
+    "An environment variable holds a value mwml cannot use; the message names it, its value and what is allowed."
 
 # %% ../nbs/00_config.ipynb #af027ab2
 def find_project_root(start: Path | None = None,  # folder to search upward from; default: the package's folder, then the working directory
@@ -50,6 +55,7 @@ class Settings:
     http_timeout: float = 20.0  # seconds a download may wait for the network
     experiment: str = "mwml"  # MLflow experiment name
     model_name: str = "mwml-tagger"  # registered model name in the MLflow model registry
+    debug: bool = False  # show full tracebacks on the command line
 
     @property
     def raw_dir(self) -> Path: return self.data_dir / "raw"
@@ -63,20 +69,37 @@ class Settings:
 # %% ../nbs/00_config.ipynb #2cccbdd3
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 DEVICES = ("auto", "cuda", "mps", "cpu")
+BOOLEANS = {"1": True, "true": True, "yes": True, "on": True, "0": False, "false": False, "no": False, "off": False}
+KIND_NAMES = {int: "an integer, e.g. 42", float: "a number, e.g. 2.5", bool: "a boolean: 1/0, true/false, yes/no, on/off"}
 
-def _number(env, name, default, kind):
-    "Read `name` from `env` as `kind`, with an error that names the variable."
+def _parse(raw: str, kind):
+    "`raw` as `kind` (a type or a tuple of allowed words); ValueError when it is not one."
+    if isinstance(kind, tuple):
+        match = [c for c in kind if c.lower() == raw.lower()]
+        if not match: raise ValueError
+        return match[0]
+    if kind is bool:
+        if raw.lower() not in BOOLEANS: raise ValueError
+        return BOOLEANS[raw.lower()]
+    return kind(raw)
+
+# %% ../nbs/00_config.ipynb #179bfd1e
+def env_setting(env: dict,  # the variables, e.g. `os.environ`
+                name: str,  # the variable's name
+                default,  # its value when unset or empty
+                kind=str,  # `str`, `int`, `float`, `bool`, or a tuple of the allowed words
+                minimum: float | None = None,  # the smallest allowed number
+                ):
+    "The value of `env[name]` as `kind`, `default` when unset; a `SettingsError` that says what is allowed otherwise."
     raw = env.get(name)
-    if raw in (None, ""): return default
-    try: return kind(raw)
-    except ValueError: raise ValueError(f"{name} must be a {kind.__name__}, got {raw!r}") from None
-
-def _choice(env, name, default, choices):
-    "Read `name` from `env` and check it is one of `choices`."
-    value = (env.get(name) or default).strip()
-    if value.upper() in choices: value = value.upper()
-    elif value.lower() in choices: value = value.lower()
-    else: raise ValueError(f"{name} must be one of {', '.join(choices)}, got {value!r}")
+    if raw is None or raw.strip() == "": return default
+    raw = raw.strip()
+    allowed = f"one of {', '.join(kind)}" if isinstance(kind, tuple) else KIND_NAMES.get(kind, kind.__name__)
+    if minimum is not None: allowed += f", at least {minimum}"
+    try: value = _parse(raw, kind)
+    except ValueError: value = None
+    if value is None or (minimum is not None and value < minimum):
+        raise SettingsError(f"{name}={raw!r} is not valid: expected {allowed}")
     return value
 
 # %% ../nbs/00_config.ipynb #640a1e5d
@@ -90,12 +113,13 @@ def get_settings(env: dict | None = None,  # variables to read; default `os.envi
         home=home, data_dir=data_dir,
         tracking_uri=env.get("MLFLOW_TRACKING_URI") or f"sqlite:///{home / 'mlflow.db'}",
         data_mirror=env.get("MWML_DATA_MIRROR") or None,
-        seed=_number(env, "MWML_SEED", 42, int),
-        log_level=_choice(env, "MWML_LOG_LEVEL", "INFO", LOG_LEVELS),
-        device=_choice(env, "MWML_DEVICE", "auto", DEVICES),
-        http_timeout=_number(env, "MWML_HTTP_TIMEOUT", 20.0, float),
-        experiment=env.get("MWML_EXPERIMENT") or "mwml",
-        model_name=env.get("MWML_MODEL_NAME") or "mwml-tagger")
+        seed=env_setting(env, "MWML_SEED", 42, int, minimum=0),
+        log_level=env_setting(env, "MWML_LOG_LEVEL", "INFO", LOG_LEVELS),
+        device=env_setting(env, "MWML_DEVICE", "auto", DEVICES),
+        http_timeout=env_setting(env, "MWML_HTTP_TIMEOUT", 20.0, float, minimum=0.1),
+        experiment=env_setting(env, "MWML_EXPERIMENT", "mwml"),
+        model_name=env_setting(env, "MWML_MODEL_NAME", "mwml-tagger"),
+        debug=env_setting(env, "MWML_DEBUG", False, bool))
 
 # %% ../nbs/00_config.ipynb #8dbf4c0c
 def atomic_write(path: Path | str,  # file to (over)write
@@ -119,6 +143,14 @@ def atomic_write(path: Path | str,  # file to (over)write
 # %% ../nbs/00_config.ipynb #a1647140
 logger = logging.getLogger("mwml")
 
+class LazyFileHandler(RotatingFileHandler):
+    "A rotating log file that creates itself, and its folder, on the first record."
+    def __init__(self, path: Path, max_bytes: int = 5_000_000, backups: int = 3):
+        super().__init__(path, maxBytes=max_bytes, backupCount=backups, delay=True)
+    def _open(self):
+        Path(self.baseFilename).parent.mkdir(parents=True, exist_ok=True)
+        return super()._open()
+
 def setup_logging(level: str | None = None,  # level name; default from the settings
                   log_file: Path | None = None,  # rotating log file; default `$MWML_HOME/logs/mwml.log`
                   settings: Settings | None = None,  # default `get_settings()`
@@ -128,10 +160,8 @@ def setup_logging(level: str | None = None,  # level name; default from the sett
     for handler in [h for h in logger.handlers if getattr(h, "_mwml", False)]:
         logger.removeHandler(handler)
         handler.close()
-    log_file = Path(log_file or s.log_file)
-    log_file.parent.mkdir(parents=True, exist_ok=True)
     formatter = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S")
-    for handler in (logging.StreamHandler(), RotatingFileHandler(log_file, maxBytes=5_000_000, backupCount=3)):
+    for handler in (logging.StreamHandler(), LazyFileHandler(Path(log_file or s.log_file))):
         handler.setFormatter(formatter)
         handler._mwml = True
         logger.addHandler(handler)
@@ -164,14 +194,15 @@ def pick_device(requested: str | None = None,  # `auto`, `cuda`, `mps` or `cpu`;
                 ) -> str:
     "The device to run on: the requested one if present, else the best available with `auto`."
     requested = requested or get_settings().device
-    if requested not in DEVICES: raise ValueError(f"device must be one of {', '.join(DEVICES)}, got {requested!r}")
+    if requested not in DEVICES: raise SettingsError(f"device must be one of {', '.join(DEVICES)}, got {requested!r}")
     torch = _torch()
     available = {"cpu": True,
                  "cuda": bool(torch and torch.cuda.is_available()),
                  "mps": bool(torch and getattr(torch.backends, "mps", None) and torch.backends.mps.is_available())}
     if requested == "auto": return next(d for d in ("cuda", "mps", "cpu") if available[d])
     if not available[requested]:
-        raise RuntimeError(f"device {requested!r} is not available here; set MWML_DEVICE=auto or cpu")
+        raise SettingsError(f"device {requested!r} is not available on this machine (torch sees none); "
+                            "set MWML_DEVICE=auto or cpu")
     return requested
 
 # %% ../nbs/00_config.ipynb #b79f2a0d
@@ -208,3 +239,14 @@ def git_sha(folder: Path | None = None,  # a folder inside the repository; defau
                              capture_output=True, text=True, timeout=10)
     except (OSError, subprocess.TimeoutExpired): return None
     return out.stdout.strip() if out.returncode == 0 else None
+
+# %% ../nbs/00_config.ipynb #dd945b56
+def init_ray(num_cpus: int | None = None,  # CPUs for a local Ray; default: all
+             ):
+    "Connect to `RAY_ADDRESS` when set, else start (or reuse) a local Ray; return the `ray` module."
+    import ray
+    if not ray.is_initialized():
+        address = os.environ.get("RAY_ADDRESS")
+        ray.init(address=address or None, num_cpus=None if address else num_cpus, include_dashboard=False,
+                 log_to_driver=False, configure_logging=False)
+    return ray

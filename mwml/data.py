@@ -20,13 +20,13 @@ import pandera.pandas as pa
 from pandera.errors import SchemaErrors
 from sklearn.model_selection import train_test_split
 
-from .config import MwmlError, Settings, atomic_write, get_settings
+from .config import MwmlError, Settings, atomic_write, get_settings, git_sha
 
 # %% auto #0
 __all__ = ['logger', 'UPSTREAM_URL', 'TAGS', 'SOURCES', 'TITLE_MAX', 'DESCRIPTION_MAX', 'STOPWORDS', 'URL_PATTERN', 'DataError',
            'FetchError', 'ChecksumError', 'Source', 'sha256_bytes', 'source_location', 'read_location', 'fetch',
-           'ValidationError', 'project_schema', 'read_projects', 'validate', 'load', 'clean_text', 'prepare', 'split',
-           'LabelIndex', 'class_weights', 'resample']
+           'ValidationError', 'project_schema', 'read_projects', 'validate', 'load', 'provenance_tags', 'clean_text',
+           'prepare', 'split', 'LabelIndex', 'class_weights', 'resample']
 
 # %% ../nbs/01_data.ipynb #7676d067
 logger = logging.getLogger(__name__)
@@ -200,6 +200,13 @@ def load(name: str,  # `dataset` or `holdout`
     "Fetch, verify and validate a labelled data file."
     return validate(read_projects(fetch(name, settings=settings)), name=SOURCES[name].file)
 
+# %% ../nbs/01_data.ipynb #b4e51a75
+def provenance_tags(settings: Settings | None = None,  # default `get_settings()`
+                    ) -> dict[str, str]:
+    "The MLflow run tags that trace a run to its code (`git_sha`) and data (`data.<name>.sha256`)."
+    s = settings or get_settings()
+    return {"git_sha": git_sha(s.home) or "unknown", **{f"data.{n}.sha256": SOURCES[n].sha256 for n in ("dataset", "holdout")}}
+
 # %% ../nbs/01_data.ipynb #dfd150fe
 STOPWORDS = frozenset(
     "i me my myself we our ours ourselves you you're you've you'll you'd your yours yourself yourselves he him his "
@@ -235,7 +242,7 @@ def split(df: pd.DataFrame,  # labelled frame
           seed: int = 42,  # split seed
           ) -> tuple[pd.DataFrame, pd.DataFrame]:
     "Stratified, seeded (train, validation) split of `df`."
-    if not 0 < val_size < 1: raise ValueError(f"val_size must be between 0 and 1, got {val_size}")
+    if not 0 < val_size < 1: raise DataError(f"val_size must be between 0 and 1 (a fraction of the rows), got {val_size}")
     counts = df.tag.value_counts()
     if (rare := counts[counts < 2]).any():
         raise DataError(f"cannot stratify: tag(s) {', '.join(rare.index)} have fewer than 2 rows")
@@ -284,7 +291,7 @@ def resample(df: pd.DataFrame,  # training frame
              seed: int = 42,  # sampling seed
              ) -> pd.DataFrame:
     "`df` with every tag resampled to the same number of rows, shuffled."
-    if strategy not in ("over", "under"): raise ValueError(f"strategy must be 'over' or 'under', got {strategy!r}")
+    if strategy not in ("over", "under"): raise DataError(f"strategy must be 'over' or 'under', got {strategy!r}")
     counts = df.tag.value_counts()
     target = counts.max() if strategy == "over" else counts.min()
     parts = [g.sample(target, replace=len(g) < target, random_state=seed) for _, g in df.groupby("tag")]
