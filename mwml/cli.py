@@ -5,50 +5,82 @@
 # %% ../nbs/15_cli.ipynb #3529d4d4
 from __future__ import annotations
 
+import ast
+import importlib.util
 import json
 import logging
+import os
 import subprocess
 import sys
 from contextlib import contextmanager
+from dataclasses import asdict
 from datetime import datetime
 from enum import Enum
 from pathlib import Path
 from typing import Annotated
 
+import click
 import pandas as pd
 import typer
 
+from . import __version__
 from .config import MwmlError, atomic_write, find_project_root, get_settings, setup_logging
 from .data import SOURCES, fetch, load, read_projects, split, validate
 
 # %% auto #0
-__all__ = ['logger', 'USER_ERRORS', 'app', 'data_app', 'MODEL_HELP', 'user_errors', 'data_fetch', 'data_validate', 'data_split',
-           'ModelKind', 'tagger_config', 'train', 'tune', 'evaluate', 'leaderboard', 'register', 'promote',
-           'test_model', 'predict', 'predict_file', 'serve', 'parse_parameter_args', 'report', 'pipeline', 'main']
+__all__ = ['logger', 'EXIT_ERROR', 'EXIT_USAGE', 'EXIT_REFUSED', 'EXIT_BUG', 'app', 'data_app', 'TRAIN_HELP', 'DEVICE_HELP',
+           'MODEL_HELP', 'JsonFlag', 'handle_errors', 'main_options', 'data_fetch', 'data_validate', 'data_split',
+           'ModelKind', 'field_help', 'use_device', 'tagger_config', 'train', 'tune', 'echo_json', 'evaluate',
+           'leaderboard', 'register', 'promote', 'test_model', 'predict', 'predict_file', 'serve',
+           'parse_parameter_args', 'report', 'check_data', 'train_models', 'trained_model', 'assess_models',
+           'register_and_gate', 'pipeline', 'main']
 
 # %% ../nbs/15_cli.ipynb #019913c4
 logger = logging.getLogger(__name__)
-USER_ERRORS = (MwmlError, ValueError)
+EXIT_ERROR, EXIT_USAGE, EXIT_REFUSED, EXIT_BUG = 1, 2, 3, 70
 
 app = typer.Typer(help="mwml tags ML projects as natural-language-processing, computer-vision, mlops or other.",
                   no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
 data_app = typer.Typer(help="Fetch, validate and split the Made With ML data.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
 
+# %% ../nbs/15_cli.ipynb #2809a717
 @contextmanager
-def user_errors():
-    "Turn mwml's user-facing errors into `error: …` on stderr and exit code 1."
+def handle_errors():
+    "`MwmlError` -> `error: …` and exit 1; any other exception -> a bug report hint and exit 70 (the traceback with --debug)."
     try: yield
-    except USER_ERRORS as e:
+    except MwmlError as e:
         typer.echo(f"error: {e}", err=True)
-        raise typer.Exit(1) from None
+        raise typer.Exit(EXIT_ERROR) from None
+    except (typer.Exit, typer.Abort, KeyboardInterrupt, click.ClickException): raise
+    except Exception as e:
+        if os.environ.get("MWML_DEBUG", "").lower() in ("1", "true", "yes", "on"): raise
+        logger.debug("unexpected error", exc_info=True)
+        typer.echo(f"error: unexpected {type(e).__name__}: {e}\nThis is a bug in mwml, not something you did. Run the "
+                   "command again with `mwml --debug ...` (or MWML_DEBUG=1) to see the traceback, and report it.", err=True)
+        raise typer.Exit(EXIT_BUG) from None
+
+# %% ../nbs/15_cli.ipynb #7ef35859
+def _show_version(value: bool):
+    if value:
+        typer.echo(f"mwml {__version__}")
+        raise typer.Exit()
+
+@app.callback()
+def main_options(debug: Annotated[bool, typer.Option("--debug", help="show full tracebacks of unexpected errors", envvar="MWML_DEBUG",
+                                                      show_envvar=True)] = False,
+                 version: Annotated[bool, typer.Option("--version", callback=_show_version, is_eager=True,
+                                                       help="print the version and exit")] = False):
+    "mwml tags ML projects as natural-language-processing, computer-vision, mlops or other."
+    if debug: os.environ["MWML_DEBUG"] = "1"
+    with handle_errors(): setup_logging(settings=get_settings())
 
 # %% ../nbs/15_cli.ipynb #4a0f86b9
 @data_app.command("fetch")
 def data_fetch(names: Annotated[list[str] | None, typer.Argument(help=f"files to fetch: {', '.join(SOURCES)} (default all)")] = None,
                force: Annotated[bool, typer.Option(help="download again even when the cache is good")] = False):
     "Download data files (or read them from MWML_DATA_MIRROR), verify their sha256 and cache them in data/raw/."
-    with user_errors():
+    with handle_errors():
         for name in names or list(SOURCES):
             path = fetch(name, force=force)
             typer.echo(f"{name:9} sha256 {SOURCES[name].sha256[:12]}… ok  {path}")
@@ -58,7 +90,7 @@ def data_fetch(names: Annotated[list[str] | None, typer.Argument(help=f"files to
 def data_validate(target: Annotated[str, typer.Argument(help="a CSV file, or the name of a data file (dataset, holdout)")],
                   unlabelled: Annotated[bool, typer.Option(help="the file has no tag column (like projects.csv)")] = False):
     "Check a CSV against the data contract; every broken rule is listed, and the exit code is 1 if any."
-    with user_errors():
+    with handle_errors():
         path = fetch(target) if target in SOURCES else Path(target)
         df = validate(read_projects(path), labelled=not unlabelled, name=str(path))
         typer.echo(f"ok: {path} meets the data contract ({len(df)} rows)")
@@ -69,7 +101,7 @@ def data_split(val_size: Annotated[float, typer.Option(help="fraction of dataset
                seed: Annotated[int | None, typer.Option(help="split seed (default MWML_SEED)")] = None,
                output: Annotated[Path | None, typer.Option(help="folder for train.csv and val.csv (default data/processed)")] = None):
     "Write the stratified, seeded train/validation split of dataset.csv and show its class balance."
-    with user_errors():
+    with handle_errors():
         s = get_settings()
         train, val = split(load("dataset", s), val_size, s.seed if seed is None else seed)
         output = output or s.data_dir / "processed"
@@ -96,34 +128,63 @@ def _echo_run(run_id: str, tracking_uri: str):
     typer.echo(f"\nMLflow run {run_id} in {tracking_uri}")
     typer.echo(f"browse it with: mlflow ui --backend-store-uri {tracking_uri}")
 
+# %% ../nbs/15_cli.ipynb #13bf5b33
+def field_help(module: str,  # a module of mwml, e.g. `mwml.train`
+               cls: str,  # a dataclass in it, e.g. `TrainConfig`
+               ) -> dict[str, str]:
+    "The docment (trailing comment) of each field of dataclass `cls` in `module`, read from its source without importing it."
+    source = Path(importlib.util.find_spec(module).origin).read_text()
+    [node] = [n for n in ast.parse(source).body if isinstance(n, ast.ClassDef) and n.name == cls]
+    lines = source.splitlines()
+    return {f.target.id: lines[f.lineno - 1].split("#", 1)[1].strip() for f in node.body
+            if isinstance(f, ast.AnnAssign) and "#" in lines[f.lineno - 1]}
+
+TRAIN_HELP = field_help("mwml.train", "TrainConfig")
+
+# %% ../nbs/15_cli.ipynb #b00bd4de
+DEVICE_HELP = "auto, cuda, mps or cpu"
+
+def use_device(device: str | None,  # the --device option; None: keep MWML_DEVICE
+               ):
+    "Check `device` is here and make it the `MWML_DEVICE` of this process and of the Ray workers it starts."
+    from mwml.config import pick_device
+    if device is None: return
+    pick_device(device)
+    os.environ["MWML_DEVICE"] = device
+
 # %% ../nbs/15_cli.ipynb #9cafd1f2
 def tagger_config(config_file: Path | None = None,  # JSON file of `TrainConfig` fields
                   **overrides,  # fields given on the command line (None: not given)
                   ):
     "A `TrainConfig` from the file (or defaults) with the given overrides."
     from mwml.train import TrainConfig
-    values = json.loads(Path(config_file).read_text()) if config_file else {}
+    try: values = json.loads(Path(config_file).read_text()) if config_file else {}
+    except (OSError, json.JSONDecodeError) as e: raise MwmlError(f"cannot read the training config {config_file}: {e}") from None
+    if not isinstance(values, dict): raise MwmlError(f"{config_file} must hold a JSON object of training config fields")
     return TrainConfig.from_dict({**values, **{k: v for k, v in overrides.items() if v is not None}})
 
 # %% ../nbs/15_cli.ipynb #7c12f4e5
 @app.command()
 def train(model: Annotated[ModelKind, typer.Option(help="which model to train")] = ModelKind.tagger,
           config: Annotated[Path | None, typer.Option(help="tagger: JSON file of training config fields")] = None,
-          backbone: Annotated[str | None, typer.Option(help="tagger: minilm, tiny or a Hugging Face id")] = None,
-          epochs: Annotated[int | None, typer.Option(help="tagger: passes over the training split")] = None,
-          lr: Annotated[float | None, typer.Option(help="tagger: peak learning rate of the encoder")] = None,
-          batch_size: Annotated[int | None, typer.Option(help="tagger: texts per step")] = None,
-          sample_size: Annotated[int | None, typer.Option(help="tagger: use a stratified sample of dataset.csv")] = None,
+          backbone: Annotated[str | None, typer.Option(help=f"tagger: {TRAIN_HELP['backbone']}")] = None,
+          epochs: Annotated[int | None, typer.Option(help=f"tagger: {TRAIN_HELP['epochs']}")] = None,
+          lr: Annotated[float | None, typer.Option(help=f"tagger: {TRAIN_HELP['lr']}")] = None,
+          batch_size: Annotated[int | None, typer.Option(help=f"tagger: {TRAIN_HELP['batch_size']}")] = None,
+          sample_size: Annotated[int | None, typer.Option(help=f"tagger: {TRAIN_HELP['sample_size']}")] = None,
+          device: Annotated[str | None, typer.Option(help=f"tagger: {TRAIN_HELP['device']}", envvar="MWML_DEVICE",
+                                                     show_envvar=True)] = None,
           num_workers: Annotated[int, typer.Option(help="tagger: Ray Train workers; 1 trains in-process")] = 1,
           use_gpu: Annotated[bool, typer.Option(help="tagger: one GPU per Ray Train worker")] = False,
           resume: Annotated[str | None, typer.Option(help="tagger: MLflow run id to continue from its last checkpoint")] = None,
           c: Annotated[float, typer.Option("--C", help="baseline: inverse regularisation strength")] = 1.0,
-          val_size: Annotated[float | None, typer.Option(help="fraction of dataset.csv kept for validation")] = None,
-          seed: Annotated[int | None, typer.Option(help="seed (default MWML_SEED)")] = None,
+          val_size: Annotated[float | None, typer.Option(help=TRAIN_HELP["val_size"])] = None,
+          seed: Annotated[int | None, typer.Option(help=TRAIN_HELP["seed"], envvar="MWML_SEED", show_envvar=True)] = None,
           output: Annotated[Path | None, typer.Option(help="also save the trained model to this folder")] = None):
     "Train on dataset.csv, print validation and holdout.csv scores, and track the run in MLflow."
-    with user_errors():
+    with handle_errors():
         s = get_settings()
+        use_device(device)
         seed = s.seed if seed is None else seed
         if model == ModelKind.baseline:
             from mwml.baseline import BaselineConfig, train_baseline
@@ -132,7 +193,7 @@ def train(model: Annotated[ModelKind, typer.Option(help="which model to train")]
             from mwml.train import train as train_tagger
             from mwml.train import train_distributed
             cfg = tagger_config(config, backbone=backbone, epochs=epochs, lr=lr, batch_size=batch_size,
-                                sample_size=sample_size, val_size=val_size, seed=seed)
+                                sample_size=sample_size, val_size=val_size, seed=seed, device=device)
             if resume: result = train_tagger(output=output, resume=resume, settings=s)
             elif num_workers > 1 or use_gpu: result = train_distributed(cfg, num_workers, use_gpu, output, s)
             else: result = train_tagger(cfg, output, settings=s)
@@ -146,23 +207,27 @@ def tune(num_samples: Annotated[int, typer.Option(help="trials")] = 12,
          config: Annotated[Path | None, typer.Option(help="JSON file of the training config trials start from")] = None,
          space: Annotated[Path | None, typer.Option(help="JSON file of the search space (default: mwml.tune.SEARCH_SPACE)")] = None,
          search: Annotated[str, typer.Option(help="optuna (TPE) or hyperopt")] = "optuna",
-         backbone: Annotated[str | None, typer.Option(help="backbone every trial fine-tunes")] = None,
-         sample_size: Annotated[int | None, typer.Option(help="tune on a stratified sample of dataset.csv")] = None,
+         backbone: Annotated[str | None, typer.Option(help=TRAIN_HELP["backbone"])] = None,
+         sample_size: Annotated[int | None, typer.Option(help=TRAIN_HELP["sample_size"])] = None,
          max_epochs: Annotated[int | None, typer.Option(help="the most epochs (after the frozen one) a trial may run")] = None,
          cpus_per_trial: Annotated[float, typer.Option(help="CPUs each trial holds")] = 1,
          gpus_per_trial: Annotated[float, typer.Option(help="GPUs each trial holds")] = 0,
          name: Annotated[str | None, typer.Option(help="the job's name (default tune-<timestamp>)")] = None,
          resume: Annotated[bool, typer.Option(help="continue the latest interrupted job (or --name)")] = False,
-         output: Annotated[Path | None, typer.Option(help="where to write the best config (JSON)")] = None):
+         output: Annotated[Path | None, typer.Option(help="where to write the best config (JSON)")] = None,
+         as_json: JsonFlag = False):
     "Search the training config with Ray Tune (ASHA early stopping); print the trials and write the best config."
     from mwml import tune as tuning
-    with user_errors():
+    with handle_errors():
         base = tagger_config(config, backbone=backbone, sample_size=sample_size)
         search_space = json.loads(Path(space).read_text()) if space else tuning.SEARCH_SPACE
         if max_epochs is not None: base, search_space = tuning.cap_epochs(base, search_space, max_epochs)
         result = tuning.search(base, search_space, num_samples, search, cpus_per_trial, gpus_per_trial, name=name, resume=resume,
                             output=output)
-        typer.echo(result.trials.drop(columns=["trial_id"]).to_string(index=False))
+        if as_json:
+            return echo_json({"parent_run_id": result.parent_run_id, "config_path": str(result.config_path), "best": result.best,
+                              "best_config": asdict(result.best_config), "trials": result.trials.to_dict("records")})
+        typer.echo(result.trials.drop(columns=["trial_id"], errors="ignore").to_string(index=False))
         failed = int((result.trials.status == "failed").sum())
         typer.echo(f"\n{len(result.trials)} trials, {failed} failed; best: trial {result.best['trial']} "
                    f"(validation loss {result.best['valid_loss']:.4f}, F1 {result.best['f1_score']:.3f})")
@@ -171,6 +236,11 @@ def tune(num_samples: Annotated[int, typer.Option(help="trials")] = 12,
 
 # %% ../nbs/15_cli.ipynb #9e1f8947
 MODEL_HELP = "a folder, an MLflow run id, a registry alias (champion, challenger, name@alias) or a version number"
+JsonFlag = Annotated[bool, typer.Option("--json", help="print the result as one JSON document on stdout (logs go to stderr)")]
+
+def echo_json(value):
+    "Print `value` as JSON for scripts (numpy numbers and paths included)."
+    typer.echo(json.dumps(value, indent=2, default=lambda v: v.item() if hasattr(v, "item") else str(v)))
 
 def _interval(v: dict) -> str: return f"{v['value']:.3f} ({v['low']:.3f}-{v['high']:.3f})"
 
@@ -178,12 +248,13 @@ def _interval(v: dict) -> str: return f"{v['value']:.3f} ({v['low']:.3f}-{v['hig
 def evaluate(model: Annotated[str, typer.Option(help=MODEL_HELP)] = "champion",
              data: Annotated[str, typer.Option(help="holdout, dataset or a labelled CSV")] = "holdout",
              output: Annotated[Path | None, typer.Option(help="the JSON report (default reports/evaluation-<time>.json)")] = None,
-             n_boot: Annotated[int, typer.Option(help="bootstrap resamples for the 95% intervals")] = 1000):
+             n_boot: Annotated[int, typer.Option(help="bootstrap resamples for the 95% intervals")] = 1000,
+             as_json: JsonFlag = False):
     "Evaluate a model: overall and per-class metrics with 95% intervals, slices, calibration; JSON report logged to MLflow."
     from mwml.evaluate import evaluate as evaluate_model
     from mwml.evaluate import evaluation_data, track_evaluation
     from mwml.registry import load_model
-    with user_errors():
+    with handle_errors():
         s = get_settings()
         loaded, info = load_model(model, s)
         report, _ = evaluate_model(loaded, evaluation_data(data, s), n_boot, s.seed)
@@ -191,6 +262,7 @@ def evaluate(model: Annotated[str, typer.Option(help=MODEL_HELP)] = "champion",
         path = output or s.reports_dir / f"evaluation-{datetime.now():%Y%m%d-%H%M%S}.json"
         atomic_write(path, json.dumps(report, indent=2, default=float))
         run_id = track_evaluation(report, info, data)
+        if as_json: return echo_json({**report, "report_path": str(path), "mlflow_run_id": run_id})
         typer.echo(f"{info['kind']} {model} on {data} ({report['n']} projects), 95% bootstrap intervals:")
         for name, v in report["overall"].items(): typer.echo(f"  {name:10} {_interval(v)}")
         typer.echo("per class, worst first:")
@@ -200,17 +272,23 @@ def evaluate(model: Annotated[str, typer.Option(help=MODEL_HELP)] = "champion",
         typer.echo(f"report: {path}\nMLflow run {run_id}")
 
 @app.command()
-def leaderboard(data: Annotated[str, typer.Option(help="holdout, dataset or a labelled CSV")] = "holdout"):
+def leaderboard(data: Annotated[str, typer.Option(help="holdout, dataset or a labelled CSV")] = "holdout",
+                as_json: JsonFlag = False):
     "Every registered model version evaluated on the same data, best first."
     from mwml.registry import leaderboard as board
-    with user_errors(): typer.echo(board(data).to_string(index=False))
+    with handle_errors():
+        s = get_settings()
+        typer.echo(f"evaluating every version of {s.model_name} on {data} ({s.tracking_uri}) ...", err=True)
+        table = board(data, s)
+        if as_json: return echo_json(table.to_dict("records"))
+        typer.echo(table.to_string(index=False))
 
 @app.command()
 def register(run_id: Annotated[str, typer.Argument(help="the MLflow run whose model to register")],
              alias: Annotated[str, typer.Option(help="alias the new version gets")] = "challenger"):
     "Register a run's model as a new version of the registered model (as an MLflow pyfunc)."
     from mwml.registry import register as register_run
-    with user_errors():
+    with handle_errors():
         mv = register_run(run_id, alias)
         typer.echo(f"registered {mv.name} version {mv.version} (alias {alias}) from run {run_id}")
 
@@ -222,18 +300,23 @@ def _echo_decision(decision, versions: dict):
 
 @app.command()
 def promote(model: Annotated[str, typer.Option(help="the candidate: an alias or a version number")] = "challenger",
-            data: Annotated[str, typer.Option(help="holdout, dataset or a labelled CSV")] = "holdout"):
-    "Gate a challenger against the champion (F1 interval, per-class drop, behavioural pass rates); move champion only if it passes."
+            data: Annotated[str, typer.Option(help="holdout, dataset or a labelled CSV")] = "holdout",
+            as_json: JsonFlag = False):
+    """Gate a challenger against the champion (F1 interval, per-class drop, behavioural pass rates); move champion only if it passes.
+
+    Exit code 0: promoted; 3: refused (the reasons are printed); 1: an error."""
     from mwml.registry import promote as run_gate
-    with user_errors():
+    with handle_errors():
         decision, versions = run_gate(model, data)
-        _echo_decision(decision, versions)
-    if not decision.promote: raise typer.Exit(1)
+        if as_json: echo_json({"promoted": decision.promote, "reasons": decision.reasons, "versions": versions,
+                               "comparison": decision.comparison.reset_index(names="measure").to_dict("records")})
+        else: _echo_decision(decision, versions)
+    if not decision.promote: raise typer.Exit(EXIT_REFUSED)
 
 @app.command("test-model")
 def test_model(model: Annotated[str, typer.Option(help=MODEL_HELP)] = "champion"):
     "Run the behavioural model tests (tests/model: MFT, INV, DIR pass-rate minimums) against a model."
-    with user_errors():
+    with handle_errors():
         folder = find_project_root() / "tests" / "model"
         if not folder.is_dir(): raise MwmlError(f"{folder} is missing: run test-model from a checkout of the mwml repository")
         code = subprocess.call([sys.executable, "-m", "pytest", str(folder), "--model", model, "-q", "-p", "no:cacheprovider"])
@@ -244,12 +327,14 @@ def test_model(model: Annotated[str, typer.Option(help=MODEL_HELP)] = "champion"
 def predict(title: Annotated[str, typer.Option(help="the project's title")],
             description: Annotated[str, typer.Option(help="the project's description")] = "",
             model: Annotated[str, typer.Option(help=MODEL_HELP)] = "champion",
-            as_json: Annotated[bool, typer.Option("--json", help="print the answer as JSON")] = False):
+            device: Annotated[str | None, typer.Option(help=DEVICE_HELP, envvar="MWML_DEVICE", show_envvar=True)] = None,
+            as_json: JsonFlag = False):
     "Tag one project: print the tag and the probability of each tag."
     from mwml.predict import Predictor
-    with user_errors():
+    with handle_errors():
         if not title.strip(): raise MwmlError("--title is empty: give the project's title")
-        [answer] = Predictor.load(model).predict([{"title": title, "description": description}])
+        use_device(device)
+        [answer] = Predictor.load(model, device).predict([{"title": title, "description": description}])
         if as_json: typer.echo(json.dumps(answer)); return
         fired = "  (the other threshold fired: the top tag was not sure enough)" if answer["abstained"] else ""
         typer.echo(f"tag: {answer['tag']}{fired}")
@@ -261,24 +346,30 @@ def predict_file(source: Annotated[Path, typer.Argument(help="input .csv or .par
                  model: Annotated[str, typer.Option(help=MODEL_HELP)] = "champion",
                  chunk_size: Annotated[int, typer.Option(help="rows per chunk: bounds memory")] = 1000,
                  ray: Annotated[bool, typer.Option("--ray", help="run as a Ray Data job (local, or RAY_ADDRESS)")] = False,
-                 num_actors: Annotated[int | None, typer.Option(help="Ray: model replicas (default: CPUs - 1)")] = None):
+                 num_actors: Annotated[int | None, typer.Option(help="Ray: model replicas (default: CPUs - 1)")] = None,
+                 device: Annotated[str | None, typer.Option(help=DEVICE_HELP, envvar="MWML_DEVICE", show_envvar=True)] = None):
     "Predict every row of a file, in chunks, with a progress bar; the output appears only when complete."
     from mwml.predict import predict_file as run
-    with user_errors():
+    with handle_errors():
+        use_device(device)
         if chunk_size < 1: raise MwmlError("--chunk-size must be at least 1")
         rows = run(source, destination, model, chunk_size, ray, num_actors)
         typer.echo(f"{rows} rows predicted into {destination}")
 
 @app.command()
-def serve(model: Annotated[str, typer.Option(help=MODEL_HELP)] = "champion",
+def serve(model: Annotated[str, typer.Option(help=MODEL_HELP, envvar="MWML_SERVE_MODEL", show_envvar=True)] = "champion",
           host: Annotated[str, typer.Option(help="interface to bind; 0.0.0.0 exposes the API to the network")] = "127.0.0.1",
           port: Annotated[int, typer.Option(help="TCP port")] = 8000,
-          replicas: Annotated[int, typer.Option(help="Ray Serve replicas; 0 serves with uvicorn alone")] = 1,
-          max_batch_size: Annotated[int | None, typer.Option(help="items per forward pass (dynamic batching)")] = None,
-          batch_wait_s: Annotated[float | None, typer.Option(help="longest wait for a batch to fill, seconds")] = None):
+          replicas: Annotated[int, typer.Option(help="0: one uvicorn process (fastest on a small machine); N: N Ray Serve replicas")] = 0,
+          max_batch_size: Annotated[int | None, typer.Option(help="items per forward pass (dynamic batching)",
+                                                             envvar="MWML_SERVE_MAX_BATCH_SIZE", show_envvar=True)] = None,
+          batch_wait_s: Annotated[float | None, typer.Option(help="longest wait for a batch to fill, seconds",
+                                                             envvar="MWML_SERVE_BATCH_WAIT_S", show_envvar=True)] = None,
+          device: Annotated[str | None, typer.Option(help=DEVICE_HELP, envvar="MWML_DEVICE", show_envvar=True)] = None):
     "Serve the HTTP API (POST /predict, /health, /ready, /model, /feedback, /metrics, /docs). Bearer auth when MWML_API_TOKEN is set."
     from mwml.serve import ServeConfig, run_server
-    with user_errors():
+    with handle_errors():
+        use_device(device)
         if replicas < 0: raise MwmlError("--replicas must be 0 (uvicorn alone) or more")
         config = ServeConfig.from_env(model=model, max_batch_size=max_batch_size, batch_wait_s=batch_wait_s)
         from mwml.predict import Predictor
@@ -306,52 +397,89 @@ def report(ctx: typer.Context,
            kernel: Annotated[str, typer.Option(help="Jupyter kernel to run it on")] = "mwml"):
     "Run NOTEBOOK with papermill into reports/ (executed .ipynb + .html). Set parameters with -p KEY VALUE (repeatable)."
     from mwml.reports import run_report
-    with user_errors():
+    with handle_errors():
         result = run_report(notebook, parse_parameter_args(ctx.args), kernel=kernel)
         typer.echo(f"report: {result.notebook}\nhtml:   {result.html}")
+
+# %% ../nbs/15_cli.ipynb #d68c359b
+def check_data(settings,  # the run's settings
+               ) -> dict[str, int]:
+    "Fetch and verify every data file, validate the labelled ones; their row counts."
+    for name in SOURCES: fetch(name, settings=settings)
+    return {name: len(load(name, settings)) for name in ("dataset", "holdout")}
+
+# %% ../nbs/15_cli.ipynb #86ae506c
+def train_models(config: Path | None,  # JSON file of tagger training config fields
+                 with_tagger: bool,  # also fine-tune the transformer tagger
+                 seed: int,  # the seed of both
+                 settings,  # the run's settings
+                 ) -> dict:
+    "Train the baseline (and the tagger): their training results by name."
+    from mwml.baseline import BaselineConfig, train_baseline
+    results = {"baseline": train_baseline(BaselineConfig(seed=seed), settings=settings)}
+    if with_tagger:
+        from mwml.train import train as train_tagger
+        cfg = tagger_config(config, seed=seed)
+        logger.info("training the tagger (%s, %d epochs, fastai)", cfg.backbone, cfg.epochs)
+        results["tagger"] = train_tagger(cfg, settings=settings)
+    return results
+
+def trained_model(result):
+    "The model a training result holds, whichever kind."
+    return getattr(result, "tagger", None) or result.model
+
+# %% ../nbs/15_cli.ipynb #981ffd09
+def assess_models(models: dict,  # name -> trained model
+                  holdout: pd.DataFrame,  # the labelled evaluation data
+                  seed: int,  # bootstrap and perturbation seed
+                  ) -> tuple[dict, dict]:
+    "(evaluation reports, behavioural pass rates) of every model, by name."
+    from mwml.behavioral import run_suite
+    from mwml.evaluate import evaluate as evaluate_model
+    reports = {name: evaluate_model(model, holdout, seed=seed)[0] for name, model in models.items()}
+    rates = {name: run_suite(model, holdout, seed=seed).pass_rates() for name, model in models.items()}
+    return reports, rates
+
+# %% ../nbs/15_cli.ipynb #f3cf79d0
+def register_and_gate(results: dict,  # name -> training result
+                      reports: dict,  # name -> evaluation report
+                      rates: dict,  # name -> behavioural pass rates
+                      settings,  # the run's settings
+                      ) -> list[tuple]:
+    "Register each model as a new version and put it through the promotion gate: (name, version, run id, decision, versions)."
+    from mwml.registry import promote as run_gate
+    from mwml.registry import register as register_run
+    from mwml.registry import summary
+    out = []
+    for name, r in results.items():
+        mv = register_run(r.run_id, settings=settings)
+        out.append((name, mv.version, r.run_id, *run_gate(mv.version, settings=settings, known=summary(reports[name], rates[name]))))
+    return out
 
 # %% ../nbs/15_cli.ipynb #0d471c5e
 @app.command()
 def pipeline(config: Annotated[Path | None, typer.Option(help="JSON file of tagger training config fields")] = None,
              tagger: Annotated[bool, typer.Option(help="also fine-tune the transformer tagger")] = True,
-             seed: Annotated[int | None, typer.Option(help="seed (default MWML_SEED)")] = None):
+             seed: Annotated[int | None, typer.Option(help="seed (default MWML_SEED)", envvar="MWML_SEED", show_envvar=True)] = None):
     "Fetch -> validate -> train baseline and tagger -> evaluate -> behavioural tests -> register -> promotion gate."
-    from mwml.baseline import BaselineConfig, train_baseline
-    from mwml.behavioral import run_suite
-    from mwml.evaluate import evaluate as evaluate_model
-    from mwml.registry import promote as run_gate
-    from mwml.registry import register as register_run
-    from mwml.registry import summary
-    with user_errors():
+    with handle_errors():
         s = get_settings()
         seed = s.seed if seed is None else seed
-        typer.echo("[1/6] fetch: " + ", ".join(f"{fetch(name, settings=s).name} ok" for name in SOURCES))
-        sizes = {name: len(load(name, s)) for name in ("dataset", "holdout")}
+        sizes = check_data(s)
+        typer.echo(f"[1/6] fetch: {', '.join(SOURCES)} verified (sha256)")
         typer.echo("[2/6] validate: " + ", ".join(f"{n}.csv {k} rows meet the contract" for n, k in sizes.items()))
-        typer.echo("[3/6] train: baseline (TF-IDF word + char n-grams, calibrated linear SVM)")
-        results = {"baseline": train_baseline(BaselineConfig(seed=seed), settings=s)}
-        models = {"baseline": results["baseline"].model}
-        if tagger:
-            from mwml.train import train as train_tagger
-            cfg = tagger_config(config, seed=seed)
-            typer.echo(f"[3/6] train: tagger ({cfg.backbone}, {cfg.epochs} epochs, fastai)")
-            results["tagger"] = train_tagger(cfg, settings=s)
-            models["tagger"] = results["tagger"].tagger
-        holdout = load("holdout", s)
-        typer.echo("[4/6] evaluate on holdout.csv (95% bootstrap intervals)")
-        reports = {name: evaluate_model(model, holdout, seed=s.seed)[0] for name, model in models.items()}
-        table = pd.DataFrame({name: {m: _interval(v) for m, v in rep["overall"].items()} for name, rep in reports.items()})
-        typer.echo(table.to_string())
+        typer.echo("[3/6] train: baseline (TF-IDF word + char n-grams, calibrated linear SVM)" + (" and tagger" if tagger else ""))
+        results = train_models(config, tagger, seed, s)
+        typer.echo("[4/6] evaluate on holdout.csv (95% bootstrap intervals); [5/6] behavioural tests (MFT, INV, DIR)")
+        reports, rates = assess_models({name: trained_model(r) for name, r in results.items()}, load("holdout", s), s.seed)
+        typer.echo(pd.DataFrame({name: {m: _interval(v) for m, v in rep["overall"].items()} for name, rep in reports.items()}).to_string())
         for name, rep in reports.items():
             typer.echo(f"{name} F1 per class: " + ", ".join(f"{c['tag']} {c['f1']['value']:.3f}" for c in rep["per_class"]))
-        typer.echo("[5/6] behavioural tests (MFT, INV, DIR pass rates)")
-        rates = {name: run_suite(model, holdout, seed=s.seed).pass_rates() for name, model in models.items()}
         typer.echo(pd.DataFrame(rates).round(3).to_string())
         typer.echo(f"[6/6] register as {s.model_name} and gate")
-        for name, r in results.items():
-            mv = register_run(r.run_id, settings=s)
-            typer.echo(f"\n{name}: version {mv.version} (challenger) from run {r.run_id}")
-            _echo_decision(*run_gate(mv.version, settings=s, known=summary(reports[name], rates[name])))
+        for name, version, run_id, decision, versions in register_and_gate(results, reports, rates, s):
+            typer.echo(f"\n{name}: version {version} (challenger) from run {run_id}")
+            _echo_decision(decision, versions)
         for name, r in results.items():
             h = r.scores["holdout"]
             typer.echo(f"\n{name} on holdout.csv: weighted precision {h['precision']:.3f}, recall {h['recall']:.3f}, F1 {h['f1']:.3f}")
@@ -360,6 +488,5 @@ def pipeline(config: Annotated[Path | None, typer.Option(help="JSON file of tagg
 
 # %% ../nbs/15_cli.ipynb #f825dc37
 def main():
-    "Entry point of the `mwml` command."
-    setup_logging()
+    "Entry point of the `mwml` command (logging is set up by the top-level options, once a command runs)."
     app()

@@ -32,7 +32,7 @@ def free_port() -> int:
 
 @pytest.fixture(scope="session")
 def good_files(tmp_path_factory) -> Path:
-    "A folder with the four verified data files (read once through the real `fetch`)."
+    "A folder with the four verified data files, fetched once per test session (downloaded when there is no mirror)."
     folder = tmp_path_factory.mktemp("good-data")
     for name in SOURCES:
         shutil.copy(fetch(name), folder / SOURCES[name].file)
@@ -40,12 +40,12 @@ def good_files(tmp_path_factory) -> Path:
 
 
 @pytest.fixture
-def env(tmp_path) -> dict:
-    "Environment for one CLI run: a fresh MWML_HOME, the data mirror as the Makefile sets it, no test flags."
+def env(tmp_path, good_files) -> dict:
+    "Environment for one CLI run: a fresh MWML_HOME whose data comes from the session's verified copy, no test flags."
     home = tmp_path / "home"
     home.mkdir()
-    variables = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "MWML_DATA_DIR", "IN_TEST")}
-    return {**variables, "MWML_HOME": str(home)}
+    variables = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "MWML_DATA_DIR", "IN_TEST", "MWML_DEBUG")}
+    return {**variables, "MWML_HOME": str(home), "MWML_DATA_MIRROR": str(good_files)}
 
 
 def run_mwml(*args, env: dict, timeout: float = 300) -> subprocess.CompletedProcess:

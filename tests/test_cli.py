@@ -1,0 +1,98 @@
+"""The command line as an interface: help everywhere without side effects, the version, settings errors in one line,
+documented exit codes, MWML_DEVICE honoured, and `--json` output scripts can consume."""
+
+import json
+
+import pytest
+from conftest import run_mwml, runs
+
+from mwml import __version__
+from mwml.config import get_settings
+
+COMMANDS = [[], ["data"], ["data", "fetch"], ["data", "validate"], ["data", "split"], ["train"], ["tune"], ["report"],
+            ["pipeline"], ["evaluate"], ["register"], ["promote"], ["leaderboard"], ["test-model"], ["predict"],
+            ["predict-file"], ["serve"]]  # fmt: skip
+
+
+@pytest.mark.parametrize("command", COMMANDS, ids=lambda c: " ".join(c) or "mwml")
+def test_every_command_has_help_and_it_leaves_no_files(env, command):
+    r = run_mwml(*command, "--help", env=env)
+    assert r.returncode == 0 and "Usage" in r.stdout, r.stderr
+    assert list(get_settings(env).home.iterdir()) == [], "--help must not create files"
+
+
+def test_help_shows_the_environment_variables(env):
+    assert "MWML_DEBUG" in run_mwml("--help", env=env).stdout
+    serve_help = run_mwml("serve", "--help", env=env).stdout
+    for variable in ("MWML_SERVE_MODEL", "MWML_SERVE_MAX_BATCH_SIZE", "MWML_DEVICE"):
+        assert variable in serve_help, variable
+    train_help = run_mwml("train", "--help", env={**env, "COLUMNS": "250"}).stdout
+    assert "MWML_SEED" in train_help and "MWML_DEVICE" in train_help
+    assert "tagger: base learning rate: the head's while frozen" in train_help  # --lr's help is TrainConfig.lr's docment
+
+
+def test_version(env):
+    r = run_mwml("--version", env=env)
+    assert (r.returncode, r.stdout.strip()) == (0, f"mwml {__version__}")
+
+
+@pytest.mark.parametrize(
+    "variable, value, expected",
+    [("MWML_SEED", "abc", "MWML_SEED='abc' is not valid: expected an integer"),
+     ("MWML_LOG_LEVEL", "loud", "MWML_LOG_LEVEL='loud' is not valid: expected one of DEBUG, INFO"),
+     ("MWML_HTTP_TIMEOUT", "0", "MWML_HTTP_TIMEOUT='0' is not valid: expected a number, e.g. 2.5, at least 0.1"),
+     ("MWML_DEVICE", "tpu", "MWML_DEVICE='tpu' is not valid: expected one of auto, cuda, mps, cpu")],
+)  # fmt: skip
+def test_a_bad_setting_is_one_line_naming_it(env, variable, value, expected):
+    r = run_mwml("data", "fetch", "holdout", env={**env, variable: value})
+    assert r.returncode == 1, r.stderr
+    assert r.stderr.strip() == f"error: {expected}" or (expected in r.stderr and len(r.stderr.strip().splitlines()) == 1), r.stderr
+    assert "Traceback" not in r.stderr
+
+
+def test_an_absent_gpu_is_refused_before_any_work_and_cpu_works(env, tmp_path):
+    r = run_mwml("predict", "--title", "YOLO", "--device", "cuda", env=env)
+    assert r.returncode == 1 and "'cuda' is not available on this machine" in r.stderr and "MWML_DEVICE" in r.stderr, r.stderr
+    tiny = ["train", "--backbone", "tiny", "--epochs", "1", "--sample-size", "64"]
+    r = run_mwml(*tiny, env={**env, "MWML_DEVICE": "cuda"})
+    assert r.returncode == 1 and "set MWML_DEVICE=auto or cpu" in r.stderr, r.stderr[-2000:]
+    assert {run.info.status for run in runs(env)} <= {"FAILED"}, "a refused run is marked FAILED, never left RUNNING"
+    r = run_mwml(*tiny, "--output", tmp_path / "model", env={**env, "MWML_DEVICE": "cpu"})
+    assert r.returncode == 0, r.stderr[-2000:]
+    r = run_mwml("predict", "--title", "YOLO", "--model", tmp_path / "model", "--json", env={**env, "MWML_DEVICE": "cpu"})
+    assert r.returncode == 0 and "probabilities" in json.loads(r.stdout), r.stderr
+
+
+def trained_baseline(env, c: float) -> str:
+    r = run_mwml("train", "--model", "baseline", "--C", c, env=env)
+    assert r.returncode == 0, r.stderr
+    [line] = [line for line in r.stdout.splitlines() if line.startswith("MLflow run ")]
+    return line.split()[2]
+
+
+def test_json_output_and_the_refused_exit_code(env):
+    good, weak = trained_baseline(env, 1.0), trained_baseline(env, 0.001)
+    assert run_mwml("register", good, env=env).returncode == 0
+    r = run_mwml("promote", "--json", env=env)
+    assert r.returncode == 0, r.stderr
+    first = json.loads(r.stdout)
+    assert first["promoted"] is True and first["reasons"] == [] and first["versions"]["challenger"] == "1"
+
+    assert run_mwml("register", weak, env=env).returncode == 0
+    r = run_mwml("promote", "--json", env=env)
+    assert r.returncode == 3, (r.returncode, r.stderr)  # refused: a decision, not an error
+    second = json.loads(r.stdout)
+    assert second["promoted"] is False and second["versions"] == {"challenger": "2", "champion": "1"}
+    assert second["reasons"], "a refusal names its reasons"
+
+    r = run_mwml("evaluate", "--model", "champion", "--json", env=env)
+    assert r.returncode == 0, r.stderr
+    report = json.loads(r.stdout)
+    f1 = report["overall"]["f1"]
+    assert report["n"] == 191 and f1["low"] <= f1["value"] <= f1["high"] and report["model"]["version"] == "1"
+
+    r = run_mwml("leaderboard", "--json", env=env)
+    assert r.returncode == 0, r.stderr
+    board = json.loads(r.stdout)
+    assert [row["version"] for row in board] == [1, 2] and board[0]["alias"] == "champion"
+    assert "evaluating every version" in r.stderr  # it says what it is doing, on stderr, away from the JSON
