@@ -31,7 +31,7 @@ from .data import SOURCES, fetch, load, read_projects, split, validate
 __all__ = ['logger', 'EXIT_ERROR', 'EXIT_USAGE', 'EXIT_REFUSED', 'EXIT_BUG', 'app', 'data_app', 'TRAIN_HELP', 'DEVICE_HELP',
            'MODEL_HELP', 'JsonFlag', 'handle_errors', 'main_options', 'data_fetch', 'data_validate', 'data_split',
            'ModelKind', 'field_help', 'use_device', 'tagger_config', 'train', 'tune', 'echo_json', 'evaluate',
-           'leaderboard', 'register', 'promote', 'test_model', 'predict', 'predict_file', 'serve',
+           'register', 'promote', 'leaderboard', 'test_model', 'predict', 'predict_file', 'serve',
            'parse_parameter_args', 'report', 'check_data', 'train_models', 'trained_model', 'assess_models',
            'register_and_gate', 'pipeline', 'main']
 
@@ -115,6 +115,7 @@ class ModelKind(str, Enum):
     tagger = "tagger"
     baseline = "baseline"
 
+# %% ../nbs/15_cli.ipynb #04f23244
 def _echo_scores(scores: dict):
     "Print headline scores per split, then the holdout scores per class."
     from mwml.baseline import scores_table
@@ -238,10 +239,12 @@ def tune(num_samples: Annotated[int, typer.Option(help="trials")] = 12,
 MODEL_HELP = "a folder, an MLflow run id, a registry alias (champion, challenger, name@alias) or a version number"
 JsonFlag = Annotated[bool, typer.Option("--json", help="print the result as one JSON document on stdout (logs go to stderr)")]
 
+
 def echo_json(value):
     "Print `value` as JSON for scripts (numpy numbers and paths included)."
     typer.echo(json.dumps(value, indent=2, default=lambda v: v.item() if hasattr(v, "item") else str(v)))
 
+# %% ../nbs/15_cli.ipynb #10098898
 def _interval(v: dict) -> str: return f"{v['value']:.3f} ({v['low']:.3f}-{v['high']:.3f})"
 
 @app.command()
@@ -271,18 +274,7 @@ def evaluate(model: Annotated[str, typer.Option(help=MODEL_HELP)] = "champion",
         typer.echo(f"expected calibration error {report['calibration']['ece']:.3f}")
         typer.echo(f"report: {path}\nMLflow run {run_id}")
 
-@app.command()
-def leaderboard(data: Annotated[str, typer.Option(help="holdout, dataset or a labelled CSV")] = "holdout",
-                as_json: JsonFlag = False):
-    "Every registered model version evaluated on the same data, best first."
-    from mwml.registry import leaderboard as board
-    with handle_errors():
-        s = get_settings()
-        typer.echo(f"evaluating every version of {s.model_name} on {data} ({s.tracking_uri}) ...", err=True)
-        table = board(data, s)
-        if as_json: return echo_json(table.to_dict("records"))
-        typer.echo(table.to_string(index=False))
-
+# %% ../nbs/15_cli.ipynb #b6bd81a6
 @app.command()
 def register(run_id: Annotated[str, typer.Argument(help="the MLflow run whose model to register")],
              alias: Annotated[str, typer.Option(help="alias the new version gets")] = "challenger"):
@@ -292,6 +284,7 @@ def register(run_id: Annotated[str, typer.Argument(help="the MLflow run whose mo
         mv = register_run(run_id, alias)
         typer.echo(f"registered {mv.name} version {mv.version} (alias {alias}) from run {run_id}")
 
+# %% ../nbs/15_cli.ipynb #2bec0782
 def _echo_decision(decision, versions: dict):
     typer.echo(decision.comparison.round(3).to_string())
     if decision.promote: typer.echo(f"promoted: version {versions['challenger']} is now the champion")
@@ -313,6 +306,20 @@ def promote(model: Annotated[str, typer.Option(help="the candidate: an alias or 
         else: _echo_decision(decision, versions)
     if not decision.promote: raise typer.Exit(EXIT_REFUSED)
 
+# %% ../nbs/15_cli.ipynb #dbc30dc8
+@app.command()
+def leaderboard(data: Annotated[str, typer.Option(help="holdout, dataset or a labelled CSV")] = "holdout",
+                as_json: JsonFlag = False):
+    "Every registered model version evaluated on the same data, best first."
+    from mwml.registry import leaderboard as board
+    with handle_errors():
+        s = get_settings()
+        typer.echo(f"evaluating every version of {s.model_name} on {data} ({s.tracking_uri}) ...", err=True)
+        table = board(data, s)
+        if as_json: return echo_json(table.to_dict("records"))
+        typer.echo(table.to_string(index=False))
+
+# %% ../nbs/15_cli.ipynb #ed0ecf23
 @app.command("test-model")
 def test_model(model: Annotated[str, typer.Option(help=MODEL_HELP)] = "champion"):
     "Run the behavioural model tests (tests/model: MFT, INV, DIR pass-rate minimums) against a model."
@@ -340,6 +347,7 @@ def predict(title: Annotated[str, typer.Option(help="the project's title")],
         typer.echo(f"tag: {answer['tag']}{fired}")
         for tag, p in sorted(answer["probabilities"].items(), key=lambda kv: -kv[1]): typer.echo(f"  {tag:28} {p:.3f}")
 
+# %% ../nbs/15_cli.ipynb #2bea9a81
 @app.command("predict-file")
 def predict_file(source: Annotated[Path, typer.Argument(help="input .csv or .parquet with title and description columns")],
                  destination: Annotated[Path, typer.Argument(help="output .csv or .parquet: input + predicted_tag, abstained, p_<tag>")],
@@ -356,6 +364,7 @@ def predict_file(source: Annotated[Path, typer.Argument(help="input .csv or .par
         rows = run(source, destination, model, chunk_size, ray, num_actors)
         typer.echo(f"{rows} rows predicted into {destination}")
 
+# %% ../nbs/15_cli.ipynb #1a2c9660
 @app.command()
 def serve(model: Annotated[str, typer.Option(help=MODEL_HELP, envvar="MWML_SERVE_MODEL", show_envvar=True)] = "champion",
           host: Annotated[str, typer.Option(help="interface to bind; 0.0.0.0 exposes the API to the network")] = "127.0.0.1",
