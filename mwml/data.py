@@ -44,6 +44,7 @@ class FetchError(DataError):
 class ChecksumError(DataError):
     "A data file's sha256 is not the one pinned in `SOURCES`."
 
+# %% ../nbs/01_data.ipynb #3a2ac048
 @dataclass(frozen=True)
 class Source:
     "One data file: its name upstream and the sha256 it must have."
@@ -70,6 +71,7 @@ def sha256_bytes(data: bytes) -> str:
     "The hex sha256 of `data`."
     return hashlib.sha256(data).hexdigest()
 
+# %% ../nbs/01_data.ipynb #2ad9f832
 def _is_url(location: str) -> bool: return re.match(r"^(https?|file)://", location) is not None
 
 def source_location(source: Source,  # the file wanted
@@ -127,6 +129,7 @@ class ValidationError(DataError):
     "A data frame broke the data contract; `problems` lists each broken rule."
     def __init__(self, message, problems): super().__init__(message); self.problems = problems
 
+# %% ../nbs/01_data.ipynb #bfd8a91a
 def _text_column(max_len):
     "A required text column: a string, not blank, at most `max_len` characters."
     return pa.Column(str, nullable=False, checks=[

@@ -63,6 +63,7 @@ class Report:
     html: Path  # its HTML copy
     parameters: dict  # the parameters it ran with
 
+# %% ../nbs/14_reports.ipynb #e7b4a955
 def report_paths(notebook: Path | str,  # the source notebook
                  reports_dir: Path,  # where reports go
                  ) -> tuple[Path, Path]:
@@ -72,6 +73,7 @@ def report_paths(notebook: Path | str,  # the source notebook
     while (reports_dir / f"{stem}.ipynb").exists(): stem, n = f"{Path(notebook).stem}-{stamp}-{n}", n + 1
     return reports_dir / f"{stem}.ipynb", reports_dir / f"{stem}.html"
 
+# %% ../nbs/14_reports.ipynb #6b698648
 def write_html(notebook: Path,  # an executed notebook
                html: Path,  # where to write the HTML copy
                ) -> Path:
