@@ -375,7 +375,9 @@ def serve(model: Annotated[str, typer.Option(help=MODEL_HELP, envvar="MWML_SERVE
           batch_wait_s: Annotated[float | None, typer.Option(help="longest wait for a batch to fill, seconds",
                                                              envvar="MWML_SERVE_BATCH_WAIT_S", show_envvar=True)] = None,
           device: Annotated[str | None, typer.Option(help=DEVICE_HELP, envvar="MWML_DEVICE", show_envvar=True)] = None):
-    "Serve the HTTP API (POST /predict, /health, /ready, /model, /feedback, /metrics, /docs). Bearer auth when MWML_API_TOKEN is set."
+    """Serve the HTTP API (POST /predict, /health, /ready, /model, /feedback, /metrics, /docs). Bearer auth when MWML_API_TOKEN is set.
+
+    `kill -HUP <pid>` reloads the model (e.g. a newly promoted champion) in both modes, without dropping requests."""
     from mwml.serve import ServeConfig, run_server
     with handle_errors():
         use_device(device)

@@ -58,6 +58,13 @@ def test_a_bad_setting_is_one_line_naming_it(env, variable, value, expected):
     assert "Traceback" not in r.stderr
 
 
+def test_a_bad_serving_setting_is_one_line_before_anything_starts(env):
+    r = run_mwml("serve", "--model", "champion", env={**env, "MWML_SERVE_MAX_ITEMS": "abc"})
+    assert (
+        r.returncode == 1 and r.stderr.strip() == "error: MWML_SERVE_MAX_ITEMS='abc' is not valid: expected an integer, e.g. 42, at least 1"
+    ), r.stderr
+
+
 def test_an_absent_gpu_is_refused_before_any_work_and_cpu_works(env, tmp_path):
     r = run_mwml("predict", "--title", "YOLO", "--device", "cuda", env=env)
     assert r.returncode == 1 and "'cuda' is not available on this machine" in r.stderr and "MWML_DEVICE" in r.stderr, r.stderr

@@ -1,0 +1,48 @@
+"""Property-based fuzzing of the HTTP API against its own OpenAPI schema: schemathesis generates requests for every
+operation from the schema, valid ones and invalid ones, sends them to the app in-process (ASGI) and checks that no answer
+is a 5xx and that every answer (status, media type, body, headers) is one the schema declares."""
+
+import pytest
+import schemathesis
+from hypothesis import HealthCheck, given, settings
+from schemathesis import GenerationMode
+from schemathesis.config import SchemathesisConfig
+
+from mwml.models import Tagger, TaggerConfig
+from mwml.serve import Engine, ServeConfig, build_app
+
+TOKEN = {"Authorization": "Bearer s3cret"}
+# 413 is a right answer to an invalid body too: one over the size limit (schemathesis's default list lacks it)
+CONFIG = {"checks": {"negative_data_rejection": {"expected-statuses": [400, 401, 404, 405, 406, 413, 415, 422]}}}
+
+
+@pytest.fixture(scope="module")
+def schema(tmp_path_factory):
+    "The schema of an app with a token, a tiny random Tagger and small limits (so that the limits are reached)."
+    folder = tmp_path_factory.mktemp("fuzz") / "tiny"
+    Tagger.create(TaggerConfig(backbone="tiny")).save(folder)
+    config = ServeConfig(
+        model=str(folder), max_items=4, max_body_bytes=20_000, prediction_log=str(folder.parent / "log.db"), token="s3cret"
+    )
+    app = build_app(Engine(config).load())
+    return schemathesis.openapi.from_asgi("/openapi.json", app, headers=TOKEN, config=SchemathesisConfig.from_dict(CONFIG))
+
+
+def test_the_schema_has_every_operation(schema):
+    labels = {result.ok().label for result in schema.get_all_operations()}
+    assert labels == {"GET /health", "GET /ready", "GET /metrics", "GET /model", "POST /predict", "POST /feedback"}
+
+
+@pytest.mark.parametrize("mode", [GenerationMode.POSITIVE, GenerationMode.NEGATIVE])
+def test_every_answer_keeps_to_the_schema_and_none_is_a_5xx(schema, mode):
+    for result in schema.get_all_operations():
+        operation = result.ok()
+        if mode == GenerationMode.NEGATIVE and not list(operation.body) and not list(operation.iter_parameters()):
+            continue  # nothing to make invalid
+
+        @given(case=operation.as_strategy(mode))
+        @settings(max_examples=50, deadline=None, database=None, suppress_health_check=list(HealthCheck))
+        def check(case):
+            case.call_and_validate(headers=TOKEN)
+
+        check()
