@@ -16,6 +16,7 @@ import mlflow
 import numpy as np
 import pandas as pd
 import skops.io as sio
+from fastcore.basics import patch
 from sklearn.calibration import CalibratedClassifierCV
 from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.metrics import accuracy_score, precision_recall_fscore_support
@@ -23,13 +24,14 @@ from sklearn.pipeline import FeatureUnion, Pipeline
 from sklearn.svm import LinearSVC
 
 from . import __version__
-from .config import MwmlError, Settings, atomic_write, get_settings, git_sha, set_seeds, use_mlflow
-from .data import SOURCES, DataError, LabelIndex, load, prepare, sha256_bytes, split
+from .config import MwmlError, Settings, atomic_write, get_settings, set_seeds, use_mlflow
+from .data import DataError, LabelIndex, prepare, provenance_tags, sha256_bytes, split
+from .data import load as load_data  # `load` is `BaselineModel.load` here
 
 # %% auto #0
-__all__ = ['logger', 'MODEL_FILE', 'META_FILE', 'TRUSTED_TYPES', 'HEADLINE', 'BaselineConfig', 'build_pipeline', 'BaselineModel',
-           'ModelFileError', 'read_model_files', 'classification_scores', 'flat_metrics', 'scores_table',
-           'BaselineResult', 'train_baseline']
+__all__ = ['logger', 'MODEL_FILE', 'META_FILE', 'TRUSTED_TYPES', 'HEADLINE', 'BaselineConfig', 'build_pipeline', 'top_tags',
+           'BaselineModel', 'ModelFileError', 'read_model_files', 'classification_scores', 'flat_metrics',
+           'scores_table', 'BaselineResult', 'train_baseline']
 
 # %% ../nbs/02_baseline.ipynb #1cad40fe
 logger = logging.getLogger(__name__)
@@ -48,6 +50,7 @@ class BaselineConfig:
     clean: bool = True  # lowercase and strip URLs, punctuation and stopwords first
     seed: int = 42  # SVM seed
 
+# %% ../nbs/02_baseline.ipynb #7ef7adb3
 def build_pipeline(config: BaselineConfig) -> Pipeline:
     "An unfitted scikit-learn pipeline for `config`."
     tfidf = dict(min_df=config.min_df, sublinear_tf=config.sublinear_tf)
@@ -57,38 +60,72 @@ def build_pipeline(config: BaselineConfig) -> Pipeline:
     svm = LinearSVC(C=config.C, class_weight=config.class_weight, random_state=config.seed)
     return Pipeline([("features", features), ("classifier", CalibratedClassifierCV(svm, cv=config.calibration_folds))])
 
+# %% ../nbs/02_baseline.ipynb #78bc3915
+def top_tags(probs: np.ndarray,  # probabilities, one row per project, one column per tag of `classes`
+             classes: tuple[str, ...],  # the tags, in column order
+             threshold: float | None = None,  # below this top probability, answer `other`; None: always the top tag
+             other: str = "other",  # the tag that abstains
+             ) -> list[str]:
+    "The most probable tag of each row, or `other` where the top probability is below `threshold`."
+    tags = [classes[i] for i in np.asarray(probs).argmax(1)] if len(probs) else []
+    if threshold is None or other not in classes: return tags
+    return [t if p >= threshold else other for t, p in zip(tags, np.asarray(probs).max(1))]
+
 # %% ../nbs/02_baseline.ipynb #bf57a4a7
 class BaselineModel:
     "TF-IDF features and a calibrated linear SVM over project titles and descriptions."
-    def __init__(self, config: BaselineConfig | None = None):
+    def __init__(self, config: BaselineConfig | None = None,  # hyper-parameters; default `BaselineConfig()`
+                 ):
         self.config, self.pipeline, self.labels = config or BaselineConfig(), None, None
 
-    def _texts(self, projects: pd.DataFrame) -> pd.Series: return prepare(projects, clean=self.config.clean).text
+    def texts(self, titles, descriptions) -> pd.Series:
+        "The model's input text for each (title, description), cleaned as at training."
+        if len(titles) != len(descriptions): raise ValueError(f"got {len(titles)} titles but {len(descriptions)} descriptions")
+        frame = pd.DataFrame({"title": list(titles), "description": list(descriptions)}).fillna("").astype(str)
+        return prepare(frame, clean=self.config.clean).text
 
     def fit(self, projects: pd.DataFrame,  # frame with `title`, `description` and `tag`
             ) -> BaselineModel:
         "Fit on labelled projects; returns itself."
         if len(projects) == 0: raise DataError("cannot fit the baseline on an empty training split")
         self.labels = LabelIndex.from_labels(projects.tag)
-        self.pipeline = build_pipeline(self.config).fit(self._texts(projects), self.labels.encode(projects.tag))
+        self.pipeline = build_pipeline(self.config).fit(self.texts(projects.title, projects.description),
+                                                        self.labels.encode(projects.tag))
         return self
 
-    def predict_proba(self, projects: pd.DataFrame) -> np.ndarray:
-        "Probabilities, one column per tag of `self.labels`."
-        if self.pipeline is None: raise RuntimeError("the baseline is not fitted: call fit or BaselineModel.load first")
-        return self.pipeline.predict_proba(self._texts(projects))
+# %% ../nbs/02_baseline.ipynb #94bbabd7
+@patch
+def predict_proba(self: BaselineModel,
+                  titles,  # project titles
+                  descriptions,  # their descriptions, one per title
+                  batch_size: int = 1024,  # texts per call of the pipeline (bounds the memory of the TF-IDF matrix)
+                  ) -> np.ndarray:
+    "Calibrated probabilities, one row per project and one column per tag of `self.labels`."
+    if self.pipeline is None: raise RuntimeError("the baseline is not fitted: call fit or BaselineModel.load first")
+    texts = self.texts(titles, descriptions)
+    if not len(texts): return np.zeros((0, len(self.labels)))
+    return np.concatenate([self.pipeline.predict_proba(texts.iloc[i:i + batch_size]) for i in range(0, len(texts), batch_size)])
 
-    def predict(self, projects: pd.DataFrame) -> list[str]:
-        "The most probable tag of each project."
-        return self.labels.decode(self.predict_proba(projects).argmax(axis=1))
+# %% ../nbs/02_baseline.ipynb #32119a05
+@patch
+def predict(self: BaselineModel,
+            titles,  # project titles
+            descriptions,  # their descriptions, one per title
+            batch_size: int = 1024,  # texts per call of the pipeline
+            ) -> tuple[list[str], np.ndarray]:
+    "(tags, probabilities): the most probable tag of each project and the probabilities it comes from."
+    probs = self.predict_proba(titles, descriptions, batch_size)
+    return top_tags(probs, self.labels.classes), probs
 
 # %% ../nbs/02_baseline.ipynb #d8010d6e
 MODEL_FILE, META_FILE = "model.skops", "model.json"
 TRUSTED_TYPES = ["sklearn.calibration._CalibratedClassifier", "sklearn.calibration._SigmoidCalibration"]
 
+# %% ../nbs/02_baseline.ipynb #22e4006e
 class ModelFileError(MwmlError):
     "A saved model is missing, altered or not loadable safely."
 
+# %% ../nbs/02_baseline.ipynb #82e92aea
 def read_model_files(folder: Path | str,  # a saved model's folder
                      meta_file: str,  # its JSON metadata, which records the data file's sha256
                      data_file: str,  # the file holding the weights or the pipeline
@@ -97,14 +134,19 @@ def read_model_files(folder: Path | str,  # a saved model's folder
     folder = Path(folder)
     try: meta, data = json.loads((folder / meta_file).read_text()), (folder / data_file).read_bytes()
     except FileNotFoundError as e: raise ModelFileError(f"{folder} is not a saved model: {e.filename} is missing") from None
-    if (actual := sha256_bytes(data)) != meta["sha256"]:
-        raise ModelFileError(f"{folder / data_file} has sha256 {actual}, but {meta_file} records {meta['sha256']}: "
+    except json.JSONDecodeError as e:
+        raise ModelFileError(f"{folder / meta_file} is not valid JSON ({e}): save or download the model again") from None
+    if (actual := sha256_bytes(data)) != meta.get("sha256"):
+        raise ModelFileError(f"{folder / data_file} has sha256 {actual}, but {meta_file} records {meta.get('sha256')}: "
                              "the file was altered or truncated; save or download the model again")
     return meta, data
 
-def _save(self: BaselineModel, folder: Path | str,  # folder to write `model.skops` and `model.json` into
-          ) -> Path:
-    "Write the fitted model and its metadata (config, labels, sha256, library versions)."
+# %% ../nbs/02_baseline.ipynb #b5fffe40
+@patch
+def save(self: BaselineModel,
+         folder: Path | str,  # folder to write `model.skops` and `model.json` into
+         ) -> Path:
+    "Write the fitted model and its metadata (config, labels, sha256, library versions); return `folder`."
     folder, data = Path(folder), sio.dumps(self.pipeline)
     meta = {"kind": "baseline", "config": asdict(self.config), "classes": list(self.labels.classes),
             "sha256": sha256_bytes(data), "versions": {**{p: version(p) for p in ("scikit-learn", "skops")}, "mwml": __version__}}
@@ -112,19 +154,20 @@ def _save(self: BaselineModel, folder: Path | str,  # folder to write `model.sko
     atomic_write(folder / META_FILE, json.dumps(meta, indent=2))
     return folder
 
-def _load(cls, folder: Path | str,  # a folder written by `save`
-          ) -> BaselineModel:
+# %% ../nbs/02_baseline.ipynb #3118232b
+@patch(cls_method=True)
+def load(cls: BaselineModel,
+         folder: Path | str,  # a folder written by `BaselineModel.save`
+         ) -> BaselineModel:
     "Load a saved baseline, refusing altered files and untrusted types."
     folder = Path(folder)
     meta, data = read_model_files(folder, META_FILE, MODEL_FILE)
     if untrusted := sorted(set(sio.get_untrusted_types(data=data)) - set(TRUSTED_TYPES)):
         raise ModelFileError(f"{folder / MODEL_FILE} asks for types outside the trust rule: {untrusted}")
-    config = BaselineConfig(**meta["config"])
-    model = cls(config)
+    config = meta["config"] | {k: tuple(meta["config"][k]) for k in ("word_ngrams", "char_ngrams")}  # JSON made them lists
+    model = cls(BaselineConfig(**config))
     model.pipeline, model.labels = sio.loads(data, trusted=TRUSTED_TYPES), LabelIndex(tuple(meta["classes"]))
     return model
-
-BaselineModel.save, BaselineModel.load = _save, classmethod(_load)
 
 # %% ../nbs/02_baseline.ipynb #86a95c7b
 def classification_scores(y_true,  # true tags
@@ -168,6 +211,7 @@ class BaselineResult:
     scores: dict = field(default_factory=dict)  # `classification_scores` per split: `val`, `holdout`
     tracking_uri: str = ""  # the MLflow store it was logged to
 
+# %% ../nbs/02_baseline.ipynb #819da01e
 def train_baseline(config: BaselineConfig | None = None,  # model hyper-parameters
                    val_size: float = 0.2,  # fraction of dataset.csv kept for validation
                    output: Path | str | None = None,  # also save the model here
@@ -178,14 +222,13 @@ def train_baseline(config: BaselineConfig | None = None,  # model hyper-paramete
     set_seeds(config.seed)
     use_mlflow(s)
     with mlflow.start_run(run_name="baseline") as run:
-        mlflow.set_tags({"model": "baseline", "git_sha": git_sha() or "unknown",
-                         **{f"data.{n}.sha256": SOURCES[n].sha256 for n in ("dataset", "holdout")}})
+        mlflow.set_tags({"model": "baseline", **provenance_tags(s)})
         mlflow.log_params({**asdict(config), "val_size": val_size})
-        train, val = split(load("dataset", s), val_size, config.seed)
-        holdout = load("holdout", s)
+        train, val = split(load_data("dataset", s), val_size, config.seed)
+        holdout = load_data("holdout", s)
         mlflow.log_params({"n_train": len(train), "n_val": len(val), "n_holdout": len(holdout)})
         model = BaselineModel(config).fit(train)
-        scores = {name: classification_scores(part.tag, model.predict(part), model.labels.classes)
+        scores = {name: classification_scores(part.tag, model.predict(part.title, part.description)[0], model.labels.classes)
                   for name, part in (("val", val), ("holdout", holdout))}
         for name, values in scores.items(): mlflow.log_metrics(flat_metrics(values, name))
         with tempfile.TemporaryDirectory() as d: mlflow.log_artifacts(model.save(d), "model")

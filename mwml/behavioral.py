@@ -18,8 +18,7 @@ import yaml
 
 from .baseline import BaselineModel
 from .config import MwmlError
-from .evaluate import predict_tags
-from .models import Tagger
+from .models import Tagger, predict_tags
 
 # %% auto #0
 __all__ = ['logger', 'SUITE_FILE', 'ENTITIES', 'SYNONYMS', 'PERTURBATIONS', 'PASS_RATE_MINIMUMS', 'SuiteError', 'typo', 'casing',
@@ -30,6 +29,7 @@ __all__ = ['logger', 'SUITE_FILE', 'ENTITIES', 'SYNONYMS', 'PERTURBATIONS', 'PAS
 logger = logging.getLogger(__name__)
 SUITE_FILE = Path(str(importlib.resources.files("mwml") / "suites" / "checklist.yaml"))  # the packaged suite
 
+# %% ../nbs/07_behavioral.ipynb #51ce1918
 class SuiteError(MwmlError):
     "A behavioural suite file is malformed; the message names the case and the field."
 
@@ -46,19 +46,29 @@ def typo(text: str,  # text to edit
     words[i] = w[:j] + w[j + 1] + w[j] + w[j + 2:]
     return " ".join(words)
 
-def casing(text: str, rng: np.random.Generator) -> str:
+# %% ../nbs/07_behavioral.ipynb #8af8f7d4
+def casing(text: str,  # text to edit
+           rng: np.random.Generator,  # seeded generator
+           ) -> str:
     "All lower case or all upper case."
     return text.upper() if rng.random() < 0.5 else text.lower()
 
-def add_url(text: str, rng: np.random.Generator) -> str:
+# %% ../nbs/07_behavioral.ipynb #a4c7ebc9
+def add_url(text: str,  # text to edit
+            rng: np.random.Generator,  # seeded generator
+            ) -> str:
     "Append a GitHub URL."
     user, repo = rng.choice(["alice", "bob42", "ml-lab"]), rng.choice(["project", "code", "demo-v2"])
     return f"{text} https://github.com/{user}/{repo}"
 
+# %% ../nbs/07_behavioral.ipynb #779ad8ef
 ENTITIES = {"framework": ["PyTorch", "TensorFlow", "JAX", "Keras"], "cv_data": ["ImageNet", "COCO", "CIFAR-10", "MNIST"],
             "nlp_data": ["SQuAD", "GLUE", "IMDB", "WikiText"], "cloud": ["AWS", "GCP", "Azure"]}
 
-def swap_entity(text: str, rng: np.random.Generator) -> str:
+# %% ../nbs/07_behavioral.ipynb #17008add
+def swap_entity(text: str,  # text to edit
+                rng: np.random.Generator,  # seeded generator
+                ) -> str:
     "Replace a library, data set or cloud name with another of its kind."
     found = [(name, group) for group in ENTITIES.values() for name in group if re.search(rf"\b{re.escape(name)}\b", text)]
     if not found: return text
@@ -66,16 +76,21 @@ def swap_entity(text: str, rng: np.random.Generator) -> str:
     other = rng.choice([g for g in group if g != name])
     return re.sub(rf"\b{re.escape(name)}\b", str(other), text)
 
+# %% ../nbs/07_behavioral.ipynb #2b1779d5
 SYNONYMS = {"build": "create", "using": "with", "detect": "identify", "library": "package", "tool": "utility",
             "simple": "easy", "fast": "quick", "tutorial": "guide", "implementation": "implementation code", "large": "big"}
 
-def synonym(text: str, rng: np.random.Generator) -> str:
+# %% ../nbs/07_behavioral.ipynb #493f56c6
+def synonym(text: str,  # text to edit
+            rng: np.random.Generator,  # seeded generator
+            ) -> str:
     "Replace one word by a synonym."
     found = [w for w in SYNONYMS if re.search(rf"\b{w}\b", text, flags=re.IGNORECASE)]
     if not found: return text
     word = found[rng.integers(len(found))]
     return re.sub(rf"\b{word}\b", SYNONYMS[word], text, count=1, flags=re.IGNORECASE)
 
+# %% ../nbs/07_behavioral.ipynb #68edc3a2
 PERTURBATIONS: dict[str, Callable[[str, np.random.Generator], str]] = {
     f.__name__: f for f in (typo, casing, add_url, swap_entity, synonym)}
 
@@ -98,6 +113,7 @@ def load_suite(path: Path | str | None = None,  # a YAML file with `mft` and `di
                 raise SuiteError(f"{path}: dir case {i + 1}: {case['find']!r} is in neither its title nor its description")
     return {kind: list(suite.get(kind) or []) for kind in needed}
 
+# %% ../nbs/07_behavioral.ipynb #3340dcd6
 def build_cases(suite: dict[str, list[dict]],  # from `load_suite`
                 projects: pd.DataFrame,  # labelled rows to perturb for INV, e.g. holdout
                 n: int = 100,  # rows sampled per perturbation
@@ -143,6 +159,7 @@ class SuiteResult:
         failed = self.cases[~self.cases.passed & ((self.cases.type == kind) if kind else True)]
         return failed[["type", "test", "title", "description", "expected", "predicted"]].head(k)
 
+# %% ../nbs/07_behavioral.ipynb #9ba4ae5d
 def run_suite(model: Tagger | BaselineModel,  # the model under test
               projects: pd.DataFrame,  # labelled rows to perturb, e.g. holdout
               n: int = 100,  # rows sampled per perturbation

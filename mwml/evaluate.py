@@ -12,21 +12,18 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
-from scipy.optimize import minimize_scalar
-from sklearn.metrics import f1_score, precision_recall_fscore_support
 
 from .baseline import HEADLINE, BaselineModel
 from .config import MwmlError
 from .data import URL_PATTERN, LabelIndex, load, prepare, read_projects, validate
-from .models import Tagger
+from .models import Tagger, check_labels, predict_tags, reliability
 
 # %% auto #0
-__all__ = ['logger', 'METRICS', 'SLICES', 'QUADRANTS', 'EvaluationError', 'Predictions', 'check_labels', 'predict_tags',
-           'predict_projects', 'confusion_matrices', 'scores_from_confusion', 'bootstrap_scores', 'slicer',
-           'short_text', 'nlp_transformers', 'with_url', 'cv_video', 'mlops_deploy', 'slice_scores', 'quadrants',
-           'reliability', 'temperature_scale', 'fit_temperature', 'threshold_curve', 'choose_threshold', 'calibrate',
-           'worst_errors', 'evaluate', 'report_metrics', 'track_evaluation', 'evaluation_data', 'plot_confusion',
-           'plot_reliability', 'plot_quadrants']
+__all__ = ['logger', 'METRICS', 'SLICES', 'QUADRANTS', 'FIGURES', 'EvaluationError', 'Predictions', 'predict_projects',
+           'confusion_matrices', 'scores_from_confusion', 'bootstrap_metrics', 'bootstrap_interval', 'bootstrap_scores',
+           'slicer', 'short_text', 'nlp_transformers', 'with_url', 'cv_video', 'mlops_deploy', 'slice_scores',
+           'quadrants', 'worst_errors', 'evaluate', 'report_metrics', 'evaluation_data', 'plot_confusion',
+           'plot_reliability', 'plot_quadrants', 'track_evaluation']
 
 # %% ../nbs/06_evaluate.ipynb #c2524425
 logger = logging.getLogger(__name__)
@@ -53,24 +50,8 @@ class Predictions:
         p_true = self.probs[np.arange(len(self.truth)), LabelIndex(self.classes).encode(self.truth)]
         return -np.log(np.clip(p_true, 1e-12, 1.0))
 
-def check_labels(projects: pd.DataFrame,  # labelled projects
-                 classes,  # the model's tags
-                 ):
-    "Refuse labels the model does not know, naming them and the rows that carry them."
-    if unknown := sorted(set(projects.tag) - set(classes)):
-        rows = projects.index[projects.tag.isin(unknown)].tolist()
-        raise EvaluationError(f"the data has labels the model does not know: {unknown} (rows {rows[:5]}"
-                              f"{' ...' if len(rows) > 5 else ''}); the model knows {list(classes)}. "
-                              "Map or drop those rows, or evaluate a model trained with those tags")
-
-def predict_tags(model: Tagger | BaselineModel,  # a trained model
-                 projects: pd.DataFrame,  # frame with `title` and `description`
-                 ) -> tuple[list[str], np.ndarray]:
-    "(tags, probabilities) of either kind of model."
-    if isinstance(model, Tagger): return model.predict(projects.title, projects.description)
-    return model.predict(projects), model.predict_proba(projects)
-
-def predict_projects(model: Tagger | BaselineModel,  # a trained model
+# %% ../nbs/06_evaluate.ipynb #cf73cc77
+def predict_projects(model: Tagger | BaselineModel,  # a trained model of either kind
                      projects: pd.DataFrame,  # labelled projects
                      ) -> Predictions:
     "Run `model` over labelled `projects`."
@@ -91,6 +72,7 @@ def confusion_matrices(truth: np.ndarray,  # true class ids, shape (n,)
     codes = truth[rows] * k + pred[rows] + (np.arange(len(rows)) * k * k)[:, None]
     return np.bincount(codes.ravel(), minlength=len(rows) * k * k).reshape(len(rows), k, k)
 
+# %% ../nbs/06_evaluate.ipynb #a997505d
 def scores_from_confusion(cm: np.ndarray,  # confusion matrices, shape (..., k, k), rows = truth
                           ) -> dict[str, np.ndarray]:
     "Weighted and macro F1, weighted precision and recall, accuracy, and per-class precision/recall/F1."
@@ -109,14 +91,17 @@ def scores_from_confusion(cm: np.ndarray,  # confusion matrices, shape (..., k, 
 # %% ../nbs/06_evaluate.ipynb #9acc2a27
 METRICS = HEADLINE  # the headline figures, each reported with its interval
 
-def bootstrap_scores(preds: Predictions,  # what to score
-                     n_boot: int = 1000,  # resamples
-                     seed: int = 42,  # seed of the resampling
-                     level: float = 0.95,  # interval coverage
-                     ) -> dict:
+def bootstrap_metrics(y_true,  # true tags
+                      y_pred,  # predicted tags
+                      classes=None,  # the tags, in the order per-class figures are computed; default: all seen
+                      n_boot: int = 1000,  # resamples
+                      seed: int = 42,  # seed of the resampling
+                      level: float = 0.95,  # interval coverage
+                      ) -> dict:
     "Headline and per-class figures, each as `{value, low, high}` (percentile bootstrap interval)."
-    ids, k = LabelIndex(preds.classes), len(preds.classes)
-    truth, pred = ids.encode(preds.truth), ids.encode(preds.tags)
+    y_true, y_pred = np.asarray(y_true, dtype=object), np.asarray(y_pred, dtype=object)
+    ids = LabelIndex(tuple(classes) if classes is not None else tuple(sorted(set(y_true) | set(y_pred))))
+    k, truth, pred = len(ids), ids.encode(y_true), ids.encode(y_pred)
     point = scores_from_confusion(confusion_matrices(truth, pred, k)[0])
     rows = np.random.default_rng(seed).integers(0, len(truth), (n_boot, len(truth)))
     boot = scores_from_confusion(confusion_matrices(truth, pred, k, rows))
@@ -126,10 +111,31 @@ def bootstrap_scores(preds: Predictions,  # what to score
         return {"value": float(value), "low": float(np.percentile(samples, tail)), "high": float(np.percentile(samples, 100 - tail))}
     support = np.bincount(truth, minlength=k)
     per_class = [{"tag": tag, "support": int(support[i]), **{m: interval(f"class_{m}", i) for m in ("precision", "recall", "f1")}}
-                 for i, tag in enumerate(preds.classes)]
+                 for i, tag in enumerate(ids.classes)]
     return {"n": len(truth), "n_boot": n_boot, "seed": seed, "level": level,
             "overall": {m: interval(m) for m in METRICS},
             "per_class": sorted(per_class, key=lambda c: c["f1"]["value"])}
+
+# %% ../nbs/06_evaluate.ipynb #887d9084
+def bootstrap_interval(y_true,  # true tags
+                       y_pred,  # predicted tags
+                       metric: str = "f1",  # one of `METRICS`: precision, recall, f1 (weighted), f1_macro, accuracy
+                       n_boot: int = 1000,  # resamples
+                       seed: int = 42,  # seed of the resampling
+                       level: float = 0.95,  # interval coverage
+                       ) -> dict[str, float]:
+    "`{value, low, high}`: `metric` of `y_pred` against `y_true` with its percentile bootstrap interval."
+    if metric not in METRICS: raise ValueError(f"metric must be one of {METRICS}, got {metric!r}")
+    return bootstrap_metrics(y_true, y_pred, None, n_boot, seed, level)["overall"][metric]
+
+# %% ../nbs/06_evaluate.ipynb #93452f81
+def bootstrap_scores(preds: Predictions,  # what to score
+                     n_boot: int = 1000,  # resamples
+                     seed: int = 42,  # seed of the resampling
+                     level: float = 0.95,  # interval coverage
+                     ) -> dict:
+    "`bootstrap_metrics` of `preds`, per class in the model's tags."
+    return bootstrap_metrics(preds.truth, preds.tags, preds.classes, n_boot, seed, level)
 
 # %% ../nbs/06_evaluate.ipynb #d58ce653
 SLICES: dict[str, Callable[[pd.DataFrame], pd.Series]] = {}
@@ -140,6 +146,7 @@ def slicer(rule: Callable[[pd.DataFrame], pd.Series],  # projects -> boolean mas
     SLICES[rule.__name__] = rule
     return rule
 
+# %% ../nbs/06_evaluate.ipynb #4e0d195e
 def _mentions(projects: pd.DataFrame, pattern: str) -> pd.Series:
     return projects.text.str.contains(pattern, flags=re.IGNORECASE, regex=True)
 
@@ -203,75 +210,6 @@ def quadrants(preds: Predictions,  # what to analyse
                                   for t, tag, p, lo in zip(rows.text, rows.tag, preds.tags[mask][order], loss[mask][order])]}
     return out
 
-# %% ../nbs/06_evaluate.ipynb #c9df63d0
-def reliability(probs: np.ndarray,  # probabilities, one row per prediction
-                correct: np.ndarray,  # whether each prediction was right
-                n_bins: int = 10,  # equal-width confidence bins
-                ) -> tuple[float, pd.DataFrame]:
-    "(expected calibration error, per-bin table of count, confidence and accuracy)."
-    confidence = probs.max(1)
-    bins = np.minimum((confidence * n_bins).astype(int), n_bins - 1)
-    table = pd.DataFrame({"bin": bins, "confidence": confidence, "accuracy": np.asarray(correct, float)}).groupby("bin").agg(
-        count=("confidence", "size"), confidence=("confidence", "mean"), accuracy=("accuracy", "mean")).reset_index()
-    ece = float((table["count"] * (table.confidence - table.accuracy).abs()).sum() / max(len(confidence), 1))
-    return ece, table
-
-def temperature_scale(probs: np.ndarray,  # probabilities
-                      temperature: float,  # > 1 softens, < 1 sharpens
-                      ) -> np.ndarray:
-    "Probabilities as if the logits had been divided by `temperature`."
-    logits = np.log(np.clip(probs, 1e-12, 1.0)) / temperature
-    logits -= logits.max(1, keepdims=True)
-    return np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
-
-def fit_temperature(probs: np.ndarray,  # validation probabilities
-                    labels: np.ndarray,  # validation class ids
-                    ) -> float:
-    "The temperature that minimises the negative log-likelihood of `labels`."
-    def nll(t): return -np.log(np.clip(temperature_scale(probs, t)[np.arange(len(labels)), labels], 1e-12, 1)).mean()
-    return float(minimize_scalar(nll, bounds=(0.05, 20.0), method="bounded").x)
-
-# %% ../nbs/06_evaluate.ipynb #c071842b
-def threshold_curve(probs: np.ndarray,  # (calibrated) validation probabilities
-                    truth: np.ndarray,  # true tags
-                    classes: tuple[str, ...],  # columns of `probs`
-                    other: str = "other",  # the tag that abstains
-                    ) -> pd.DataFrame:
-    "Precision, recall and F1 of `other` and weighted F1, for each candidate threshold (0 = none)."
-    top, argmax = probs.max(1), np.asarray(classes, dtype=object)[probs.argmax(1)]
-    rows = []
-    for t in np.unique(np.r_[0.0, top]):
-        tags = np.where(top < t, other, argmax)
-        p, r, f, _ = precision_recall_fscore_support(truth, tags, labels=[other], zero_division=0)
-        rows.append({"threshold": float(t), "precision": p[0], "recall": r[0], "f1": f[0],
-                     "weighted_f1": f1_score(truth, tags, average="weighted", zero_division=0)})
-    return pd.DataFrame(rows)
-
-def choose_threshold(curve: pd.DataFrame,  # from `threshold_curve`
-                     ) -> float | None:
-    "The threshold with the best `other` F1, or None when no threshold beats none."
-    best = curve.loc[curve.f1.idxmax()]
-    return None if best.f1 <= curve.f1.iloc[0] else float(best.threshold)
-
-# %% ../nbs/06_evaluate.ipynb #02675e48
-def calibrate(tagger: Tagger,  # the trained tagger; its config is updated in place
-              projects: pd.DataFrame,  # validation projects (labelled)
-              ) -> dict:
-    "Fit the temperature and the `other` threshold of `tagger` on `projects`; return what changed."
-    check_labels(projects, tagger.labels.classes)
-    tagger.config.temperature, tagger.config.threshold = 1.0, None
-    probs, labels = tagger.predict_proba(projects.title, projects.description), tagger.labels.encode(projects.tag)
-    temperature = fit_temperature(probs, labels)
-    calibrated = temperature_scale(probs, temperature)
-    correct = probs.argmax(1) == labels
-    threshold = choose_threshold(threshold_curve(calibrated, projects.tag.to_numpy(), tagger.labels.classes))
-    tagger.config.temperature, tagger.config.threshold = temperature, threshold
-    result = {"temperature": temperature, "threshold": threshold,
-              "ece_before": reliability(probs, correct)[0], "ece_after": reliability(calibrated, correct)[0]}
-    logger.info("calibrated on %d rows: temperature %.2f, other threshold %s, ECE %.3f -> %.3f", len(projects),
-                temperature, "none" if threshold is None else f"{threshold:.2f}", result["ece_before"], result["ece_after"])
-    return result
-
 # %% ../nbs/06_evaluate.ipynb #8e1b2a1c
 def _error_rows(preds: Predictions, tag: str, p: np.ndarray, index: np.ndarray) -> list[dict]:
     return [{"text": preds.projects.text.iloc[i][:200], "tag": preds.truth[i], "predicted": preds.tags[i],
@@ -291,7 +229,7 @@ def worst_errors(preds: Predictions,  # what to analyse
     return out
 
 # %% ../nbs/06_evaluate.ipynb #418e121a
-def evaluate(model: Tagger | BaselineModel,  # the model to evaluate
+def evaluate(model: Tagger | BaselineModel,  # the model to evaluate, of either kind
              projects: pd.DataFrame,  # labelled projects, e.g. `load("holdout")`
              n_boot: int = 1000,  # bootstrap resamples
              seed: int = 42,  # bootstrap seed
@@ -300,16 +238,18 @@ def evaluate(model: Tagger | BaselineModel,  # the model to evaluate
     preds = predict_projects(model, projects)
     ids = LabelIndex(preds.classes)
     ece, bins = reliability(preds.probs, preds.correct)
+    calibration = {"ece": ece, "bins": bins.to_dict("records"),
+                   **{k: getattr(model.config, k) for k in ("temperature", "threshold") if hasattr(model.config, k)}}
     report = {**bootstrap_scores(preds, n_boot, seed),
               "classes": list(preds.classes),
               "confusion": confusion_matrices(ids.encode(preds.truth), ids.encode(preds.tags), len(ids))[0].tolist(),
               "slices": slice_scores(preds).to_dict("records"),
               "quadrants": quadrants(preds),
-              "calibration": {"ece": ece, "bins": bins.to_dict("records")},
+              "calibration": calibration,
               "errors": worst_errors(preds)}
-    if isinstance(model, Tagger): report["calibration"].update(temperature=model.config.temperature, threshold=model.config.threshold)
     return report, preds
 
+# %% ../nbs/06_evaluate.ipynb #39ec07c2
 def report_metrics(report: dict,  # from `evaluate`
                    prefix: str = "holdout",  # metric name prefix
                    ) -> dict[str, float]:
@@ -321,19 +261,7 @@ def report_metrics(report: dict,  # from `evaluate`
     flat[f"{prefix}_ece"] = report["calibration"]["ece"]
     return flat
 
-def track_evaluation(report: dict,  # from `evaluate`
-                     model_info: dict,  # what the model reference named (`mwml.registry.load_model`)
-                     data: str,  # the evaluation data's name
-                     ) -> str:
-    "Log `report` to MLflow as its own run (metrics, tags naming the model, `evaluation.json`); return the run id."
-    import mlflow
-    prefix = data if data in ("holdout", "dataset") else "eval"
-    with mlflow.start_run(run_name=f"evaluate-{model_info.get('kind', 'model')}") as run:
-        mlflow.set_tags({"model": "evaluation", "data": data, **{f"evaluated.{k}": str(v) for k, v in model_info.items() if v}})
-        mlflow.log_metrics(report_metrics(report, prefix))
-        mlflow.log_dict(report, "evaluation.json")
-    return run.info.run_id
-
+# %% ../nbs/06_evaluate.ipynb #6044712d
 def evaluation_data(name: str,  # `holdout`, `dataset` or a path to a labelled CSV
                     settings=None,  # default `get_settings()`
                     ) -> pd.DataFrame:
@@ -345,7 +273,8 @@ def evaluation_data(name: str,  # `holdout`, `dataset` or a path to a labelled C
 
 # %% ../nbs/06_evaluate.ipynb #5ff78a0f
 def plot_confusion(report: dict,  # from `evaluate`
-                   ax=None):  # matplotlib axes; default a new figure
+                   ax=None,  # matplotlib axes; default a new figure
+                   ):
     "The confusion matrix, rows = true tag, normalised per row, with counts."
     import matplotlib.pyplot as plt
     cm, classes = np.array(report["confusion"]), report["classes"]
@@ -357,20 +286,25 @@ def plot_confusion(report: dict,  # from `evaluate`
     for (i, j), n in np.ndenumerate(cm): ax.text(j, i, n, ha="center", va="center", color="white" if i == j else "black")
     return ax
 
-def plot_reliability(preds: Predictions,  # what to plot
-                     ax=None):  # matplotlib axes
+# %% ../nbs/06_evaluate.ipynb #a133385a
+def plot_reliability(report: dict,  # from `evaluate`
+                     ax=None,  # matplotlib axes; default a new figure
+                     ):
     "Accuracy against confidence per bin; the diagonal is perfect calibration."
     import matplotlib.pyplot as plt
-    ece, bins = reliability(preds.probs, preds.correct)
+    bins = pd.DataFrame(report["calibration"]["bins"])
     ax = ax or plt.subplots(figsize=(4.5, 4.5))[1]
     ax.plot([0, 1], [0, 1], "--", color="grey")
     ax.bar(bins.confidence, bins.accuracy, width=0.08, alpha=0.7, label="accuracy")
-    ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="confidence", ylabel="accuracy", title=f"reliability (ECE {ece:.3f})")
+    ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="confidence", ylabel="accuracy",
+           title=f"reliability (ECE {report['calibration']['ece']:.3f})")
     return ax
 
+# %% ../nbs/06_evaluate.ipynb #3d50bf51
 def plot_quadrants(preds: Predictions,  # what to plot
                    loss_threshold: float = 1.0,  # the high-loss line
-                   ax=None):  # matplotlib axes
+                   ax=None,  # matplotlib axes; default a new figure
+                   ):
     "Per-row loss, right and wrong side by side, with the high-loss line."
     import matplotlib.pyplot as plt
     ax = ax or plt.subplots(figsize=(5, 4))[1]
@@ -379,3 +313,24 @@ def plot_quadrants(preds: Predictions,  # what to plot
     ax.axhline(loss_threshold, ls="--", color="grey")
     ax.set(xticks=[0, 1], xticklabels=["right", "wrong"], ylabel="loss (nats)", title="capability vs alignment")
     return ax
+
+# %% ../nbs/06_evaluate.ipynb #8002fc96
+FIGURES = {"confusion_matrix.png": plot_confusion, "reliability.png": plot_reliability}  # logged with every evaluation
+
+def track_evaluation(report: dict,  # from `evaluate`
+                     model_info: dict,  # what the model reference named (`mwml.registry.load_model`)
+                     data: str,  # the evaluation data's name
+                     ) -> str:
+    "Log `report` to MLflow as its own run (metrics, tags naming the model, `evaluation.json`, figures); return the run id."
+    import matplotlib.pyplot as plt
+    import mlflow
+    prefix = data if data in ("holdout", "dataset") else "eval"
+    with mlflow.start_run(run_name=f"evaluate-{model_info.get('kind', 'model')}") as run:
+        mlflow.set_tags({"model": "evaluation", "data": data, **{f"evaluated.{k}": str(v) for k, v in model_info.items() if v}})
+        mlflow.log_metrics(report_metrics(report, prefix))
+        mlflow.log_dict(report, "evaluation.json")
+        for name, plot in FIGURES.items():
+            ax = plot(report)
+            mlflow.log_figure(ax.figure, name)
+            plt.close(ax.figure)
+    return run.info.run_id

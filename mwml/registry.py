@@ -5,9 +5,11 @@
 # %% ../nbs/08_registry.ipynb #bf4f5399
 from __future__ import annotations
 
+import importlib.resources
 import json
 import logging
 import re
+import shutil
 import tempfile
 from dataclasses import dataclass, field
 from importlib.metadata import version
@@ -18,56 +20,94 @@ import pandas as pd
 from mlflow.exceptions import MlflowException
 from mlflow.models import infer_signature
 
-from . import __version__
 from .baseline import META_FILE, BaselineModel
 from .behavioral import PASS_RATE_MINIMUMS, below_minimums, run_suite
 from .config import MwmlError, Settings, get_settings, use_mlflow
-from .evaluate import evaluate, evaluation_data, predict_tags
-from .models import TAGGER_FILE, Tagger
+from .evaluate import evaluate, evaluation_data
+from .models import TAGGER_FILE, Tagger, predict_tags
 
 # %% auto #0
-__all__ = ['logger', 'INPUT_EXAMPLE', 'RUN_MODEL_DIRS', 'ALIASES', 'RegistryError', 'load_model_folder', 'model_kind',
-           'predict_frame', 'MwmlPyfunc', 'resolve_model', 'load_model', 'register', 'GateRules', 'Decision', 'summary',
-           'gate', 'assess', 'promote', 'leaderboard']
+__all__ = ['logger', 'INPUT_EXAMPLE', 'PYFUNC_FILE', 'PYFUNC_SOURCE', 'PACKAGE_DIR', 'PYFUNC_REQUIREMENTS', 'RUN_MODEL_DIRS',
+           'ALIASES', 'RegistryError', 'load_model_folder', 'model_kind', 'predict_frame', 'MwmlPyfunc', 'package_code',
+           'pyfunc_requirements', 'resolve_model', 'load_model', 'register', 'GateRules', 'Decision', 'summary', 'gate',
+           'assess', 'promote', 'leaderboard']
 
 # %% ../nbs/08_registry.ipynb #54eb5008
 logger = logging.getLogger(__name__)
 
+# %% ../nbs/08_registry.ipynb #c8414f74
 class RegistryError(MwmlError):
     "A model reference cannot be resolved or registered; the message says why and what to do."
 
 # %% ../nbs/08_registry.ipynb #a0441690
 def load_model_folder(folder: Path | str,  # a saved Tagger or baseline
+                      device: str = "cpu",  # a Tagger's device: `cpu`, `cuda`, `mps` or `auto`
                       ) -> Tagger | BaselineModel:
     "Load the model saved in `folder`, whichever kind it is."
     folder = Path(folder)
-    if (folder / TAGGER_FILE).is_file(): return Tagger.load(folder)
+    if (folder / TAGGER_FILE).is_file(): return Tagger.load(folder, device)
     if (folder / META_FILE).is_file(): return BaselineModel.load(folder)
     raise RegistryError(f"{folder} holds no saved model: expected {TAGGER_FILE} (a Tagger) or {META_FILE} (the baseline)")
 
-def model_kind(model: Tagger | BaselineModel) -> str: return "tagger" if isinstance(model, Tagger) else "baseline"
+# %% ../nbs/08_registry.ipynb #8b0de4f0
+def model_kind(model: Tagger | BaselineModel,  # a loaded model
+               ) -> str:
+    "`tagger` or `baseline`: the name runs, versions and reports record."
+    return "tagger" if isinstance(model, Tagger) else "baseline"
 
 # %% ../nbs/08_registry.ipynb #8b060f5b
 INPUT_EXAMPLE = pd.DataFrame({"title": ["Object detection with YOLOv8", "Sentiment analysis with BERT"],
                               "description": ["Real-time detection of cars in street images.", "Classify tweets as positive or negative."]})
 
-def predict_frame(model: Tagger | BaselineModel,  # a trained model
+# %% ../nbs/08_registry.ipynb #43be7966
+def predict_frame(model: Tagger | BaselineModel,  # a trained model of either kind
                   projects: pd.DataFrame,  # frame with `title` and `description`
                   ) -> pd.DataFrame:
     "A frame of the predicted `tag` and `p_<tag>` probabilities."
     tags, probs = predict_tags(model, projects)
     return pd.DataFrame({"tag": tags, **{f"p_{c}": probs[:, i].astype(float) for i, c in enumerate(model.labels.classes)}})
 
+# %% ../nbs/08_registry.ipynb #e35bcf59
 class MwmlPyfunc(mlflow.pyfunc.PythonModel):
-    "An mwml model (Tagger or baseline) as an MLflow pyfunc."
-    def load_context(self, context): self.model = load_model_folder(context.artifacts["model"])
+    "An mwml model (Tagger or baseline) as an MLflow pyfunc; its files are the `model` artifact."
+    def load_context(self, context):
+        "Load the model files MLflow stored as the `model` artifact."
+        self.model = load_model_folder(context.artifacts["model"])
+
     def predict(self, context, model_input: pd.DataFrame, params: dict | None = None) -> pd.DataFrame:
+        "A frame of `tag` and `p_<tag>` for each row of `model_input` (`title`, `description`)."
         return predict_frame(self.model, model_input)
+
+# %% ../nbs/08_registry.ipynb #22a860e5
+PYFUNC_FILE = "mwml_pyfunc.py"  # the name of the pyfunc's code inside a registered model
+PYFUNC_SOURCE = '''"""An mwml model as an MLflow pyfunc, logged as code: MLflow runs this file to load the model."""
+import mlflow
+from mwml.registry import MwmlPyfunc
+
+mlflow.models.set_model(MwmlPyfunc())
+'''
+
+# %% ../nbs/08_registry.ipynb #3694ef7c
+PACKAGE_DIR = Path(str(importlib.resources.files("mwml")))  # the mwml package, shipped inside every registered model
+PYFUNC_REQUIREMENTS = ("mlflow", "torch", "transformers", "safetensors", "scikit-learn", "skops", "scipy",
+                       "pandas", "numpy", "pandera", "pyyaml", "fastcore")  # what mwml imports to load and predict
+
+# %% ../nbs/08_registry.ipynb #2d8b2aa9
+def package_code(dest: Path | str,  # a folder to copy the package into
+                 ) -> Path:
+    "A copy of the mwml package (sources and data files, no caches) as `dest/mwml`, to ship inside a model."
+    return Path(shutil.copytree(PACKAGE_DIR, Path(dest) / "mwml", ignore=shutil.ignore_patterns("__pycache__", "*.pyc")))
+
+# %% ../nbs/08_registry.ipynb #aa805367
+def pyfunc_requirements() -> list[str]:
+    "Pinned requirements of a registered model: the libraries mwml imports (mwml itself travels as code)."
+    return [f"{p}=={version(p)}" for p in PYFUNC_REQUIREMENTS]
 
 # %% ../nbs/08_registry.ipynb #68d88e14
 RUN_MODEL_DIRS = ("tagger", "model")  # where `train` and `train_baseline` log the model in a run
 ALIASES = ("champion", "challenger")
 
+# %% ../nbs/08_registry.ipynb #3d06c319
 def _run_model_folder(client: mlflow.MlflowClient, run_id: str, dest: str) -> Path:
     "Download run `run_id`'s model folder."
     try: names = {a.path for a in client.list_artifacts(run_id)}
@@ -77,6 +117,7 @@ def _run_model_folder(client: mlflow.MlflowClient, run_id: str, dest: str) -> Pa
     raise RegistryError(f"run {run_id} has no model: none of {list(RUN_MODEL_DIRS)} among its artifacts {sorted(names)}; "
                         "it may have failed before saving one")
 
+# %% ../nbs/08_registry.ipynb #66d2842a
 def _model_version(client: mlflow.MlflowClient, name: str, ref: str):
     "The registered version that `ref` (an alias or a version number) names."
     try: return client.get_model_version(name, ref) if ref.isdigit() else client.get_model_version_by_alias(name, ref)
@@ -88,6 +129,7 @@ def _model_version(client: mlflow.MlflowClient, name: str, ref: str):
         raise RegistryError(f"registered model {name!r} has no {'version' if ref.isdigit() else 'alias'} {ref!r}; "
                             f"its aliases are {aliases or 'none'}") from None
 
+# %% ../nbs/08_registry.ipynb #ab077ad0
 def resolve_model(ref: str,  # a folder, a run id, an alias (`champion`, `name@alias`) or a version number
                   dest: str,  # a folder to download into
                   settings: Settings | None = None,  # default `get_settings()`
@@ -108,25 +150,23 @@ def resolve_model(ref: str,  # a folder, a run id, an alias (`champion`, `name@a
     folder = Path(mlflow.artifacts.download_artifacts(f"models:/{v.name}/{v.version}", dst_path=dest)) / "artifacts" / "model"
     return folder, {"ref": ref, "run_id": v.run_id, "name": v.name, "version": str(v.version)}
 
+# %% ../nbs/08_registry.ipynb #01281567
 def load_model(ref: str,  # see `resolve_model`
                settings: Settings | None = None,  # default `get_settings()`
+               device: str = "cpu",  # a Tagger's device: `cpu`, `cuda`, `mps` or `auto`
                ) -> tuple[Tagger | BaselineModel, dict]:
     "(model, what the reference named) for any model reference."
     with tempfile.TemporaryDirectory() as d:
         folder, info = resolve_model(ref, d, settings)
-        model = load_model_folder(folder)
+        model = load_model_folder(folder, device)
     return model, {**info, "kind": model_kind(model)}
 
 # %% ../nbs/08_registry.ipynb #bcb7f599
-def _pip_requirements() -> list[str]:
-    "What a pyfunc needs installed: mwml and the libraries its loaders use."
-    return [f"mwml=={__version__}", *(f"{p}=={version(p)}" for p in ("torch", "transformers", "safetensors", "scikit-learn", "skops"))]
-
 def register(run_id: str,  # an MLflow run that logged a model (`mwml train`)
              alias: str | None = "challenger",  # alias the new version gets; None: none
              settings: Settings | None = None,  # default `get_settings()`
              ):
-    "Log run `run_id`'s model as a pyfunc in that run and register it as a new version; return the version."
+    "Log run `run_id`'s model as a pyfunc (models from code) in that run and register it as a new version; return the version."
     s = settings or get_settings()
     use_mlflow(s)
     client = mlflow.MlflowClient()
@@ -134,9 +174,11 @@ def register(run_id: str,  # an MLflow run that logged a model (`mwml train`)
         folder = _run_model_folder(client, run_id, d)
         model = load_model_folder(folder)  # refuses an altered or unloadable model before anything is written
         output = predict_frame(model, INPUT_EXAMPLE)
-        mlflow.pyfunc.save_model(Path(d) / "pyfunc", python_model=MwmlPyfunc(), artifacts={"model": str(folder)},
+        (code := Path(d) / PYFUNC_FILE).write_text(PYFUNC_SOURCE)
+        mlflow.pyfunc.save_model(Path(d) / "pyfunc", python_model=str(code), artifacts={"model": str(folder)},
+                                 code_paths=[str(package_code(Path(d) / "code"))],
                                  signature=infer_signature(INPUT_EXAMPLE, output), input_example=INPUT_EXAMPLE,
-                                 pip_requirements=_pip_requirements())
+                                 pip_requirements=pyfunc_requirements())
         client.log_artifacts(run_id, str(Path(d) / "pyfunc"), "pyfunc")
     mv = mlflow.register_model(f"runs:/{run_id}/pyfunc", s.model_name, tags={"kind": model_kind(model), "run_id": run_id})
     if alias: client.set_registered_model_alias(s.model_name, alias, mv.version)
@@ -151,6 +193,7 @@ class GateRules:
     min_pass_rates: dict = field(default_factory=lambda: dict(PASS_RATE_MINIMUMS))  # behavioural minimums per test type
     max_pass_rate_drop: float = 0.05  # largest allowed fall of a pass rate below the champion's
 
+# %% ../nbs/08_registry.ipynb #2f538683
 @dataclass
 class Decision:
     "The gate's verdict and its grounds."
@@ -158,6 +201,7 @@ class Decision:
     reasons: list[str]  # why not (empty when promoted)
     comparison: pd.DataFrame  # challenger and champion side by side
 
+# %% ../nbs/08_registry.ipynb #5ad6764d
 def summary(report: dict,  # an evaluation report (`mwml.evaluate.evaluate`)
             pass_rates: dict[str, float],  # behavioural pass rates
             ) -> dict:
@@ -166,6 +210,7 @@ def summary(report: dict,  # an evaluation report (`mwml.evaluate.evaluate`)
     return {"f1": f1["value"], "f1_low": f1["low"], "f1_high": f1["high"],
             "class_f1": {c["tag"]: c["f1"]["value"] for c in report["per_class"]}, "pass_rates": dict(pass_rates)}
 
+# %% ../nbs/08_registry.ipynb #4dfe83b7
 def gate(challenger: dict,  # `summary` of the challenger
          champion: dict | None,  # `summary` of the champion; None when there is none
          rules: GateRules | None = None,  # default `GateRules()`
@@ -203,6 +248,7 @@ def assess(model: Tagger | BaselineModel,  # the model
     report, _ = evaluate(model, projects, seed=seed)
     return summary(report, run_suite(model, projects, seed=seed).pass_rates())
 
+# %% ../nbs/08_registry.ipynb #e3bcde67
 def promote(challenger: str = "challenger",  # alias or version number of the candidate
             data: str = "holdout",  # evaluation data: `holdout`, `dataset` or a CSV
             rules: GateRules | None = None,  # default `GateRules()`
