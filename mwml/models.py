@@ -41,7 +41,6 @@ __all__ = ['logger', 'WEIGHTS_FILE', 'TAGGER_FILE', 'TOKENIZER_DIR', 'BackboneEr
 # %% ../nbs/03_models.ipynb #7495c3db
 logger = logging.getLogger(__name__)
 transformers.utils.logging.set_verbosity_error()  # our own logs say what loads; keep the console readable
-transformers.utils.logging.disable_progress_bar()
 
 class BackboneError(MwmlError):
     "A backbone could not be loaded; the message says why and what to use instead."

@@ -16,6 +16,8 @@ from mwml.config import get_settings
 from mwml.data import SOURCES, fetch
 
 ROOT = Path(__file__).resolve().parent.parent
+# Progress bars are for people at a terminal; in test logs they are noise (the library leaves them on).
+os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 MWML = Path(sys.executable).parent / "mwml"
 
 
