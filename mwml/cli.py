@@ -159,10 +159,8 @@ def tagger_config(config_file: Path | None = None,  # JSON file of `TrainConfig`
                   ):
     "A `TrainConfig` from the file (or defaults) with the given overrides."
     from mwml.train import TrainConfig
-    try: values = json.loads(Path(config_file).read_text()) if config_file else {}
-    except (OSError, json.JSONDecodeError) as e: raise MwmlError(f"cannot read the training config {config_file}: {e}") from None
-    if not isinstance(values, dict): raise MwmlError(f"{config_file} must hold a JSON object of training config fields")
-    return TrainConfig.from_dict({**values, **{k: v for k, v in overrides.items() if v is not None}})
+    base = asdict(TrainConfig.from_file(config_file)) if config_file else {}
+    return TrainConfig.from_dict({**base, **{k: v for k, v in overrides.items() if v is not None}})
 
 # %% ../nbs/15_cli.ipynb #7c12f4e5
 @app.command()
@@ -228,7 +226,7 @@ def tune(num_samples: Annotated[int, typer.Option(help="trials")] = 12,
         if as_json:
             return echo_json({"parent_run_id": result.parent_run_id, "config_path": str(result.config_path), "best": result.best,
                               "best_config": asdict(result.best_config), "trials": result.trials.to_dict("records")})
-        typer.echo(result.trials.drop(columns=["trial_id"], errors="ignore").to_string(index=False))
+        typer.echo(result.trials.to_string(index=False))
         failed = int((result.trials.status == "failed").sum())
         typer.echo(f"\n{len(result.trials)} trials, {failed} failed; best: trial {result.best['trial']} "
                    f"(validation loss {result.best['valid_loss']:.4f}, F1 {result.best['f1_score']:.3f})")

@@ -247,6 +247,10 @@ def init_ray(num_cpus: int | None = None,  # CPUs for a local Ray; default: all
     import ray
     if not ray.is_initialized():
         address = os.environ.get("RAY_ADDRESS")
-        ray.init(address=address or None, num_cpus=None if address else num_cpus, include_dashboard=False,
-                 log_to_driver=False, configure_logging=False)
+        try: ray.init(address=address or None, num_cpus=None if address else num_cpus, include_dashboard=False,
+                      log_to_driver=False, configure_logging=False)
+        except (ConnectionError, RuntimeError, TimeoutError) as e:
+            where = f"the Ray cluster at RAY_ADDRESS={address}" if address else "a local Ray"
+            raise MwmlError(f"could not start or reach {where}: {e}. Check that the cluster is up (`ray status`), "
+                            "or, on a busy machine, run the command again") from None
     return ray

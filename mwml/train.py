@@ -7,9 +7,10 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import tempfile
+import threading
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
@@ -27,20 +28,21 @@ from fastai.losses import CrossEntropyLossFlat
 from fastai.metrics import F1Score, accuracy
 from fastai.optimizer import Adam
 from fastai.torch_core import params
+from fastcore.basics import patch
+from matplotlib.figure import Figure
 from mlflow.entities import Metric
 from sklearn.model_selection import train_test_split
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
-from .baseline import classification_scores, flat_metrics
-from .config import MwmlError, Settings, get_settings, git_sha, pick_device, set_seeds, use_mlflow
-from .data import SOURCES, DataError, LabelIndex, class_weights, load, split
-from .models import Tagger, TaggerConfig
+from .config import MwmlError, Settings, get_settings, init_ray, pick_device, set_seeds, use_mlflow
+from .data import DataError, LabelIndex, class_weights, load, provenance_tags, split
+from .models import Tagger, TaggerConfig, calibrate, classification_scores, flat_metrics
 
 # %% auto #0
 __all__ = ['logger', 'TrainingError', 'TrainConfig', 'training_data', 'ProjectTexts', 'make_dataloaders', 'encoder_head_splitter',
-           'StopOnNaN', 'KeepBest', 'ShuffleEachEpoch', 'make_learner', 'epoch_metrics', 'History', 'MLflowLogger',
-           'Checkpoint', 'fit_tagger', 'TrainResult', 'score_tagger', 'train', 'metric_history', 'init_ray',
-           'train_distributed']
+           'StopOnNaN', 'KeepBest', 'ShuffleEachEpoch', 'make_learner', 'epoch_metrics', 'History', 'ReportEpochs',
+           'Checkpoint', 'metric_history', 'training_curves', 'fit_tagger', 'TrainResult', 'score_tagger', 'train',
+           'epoch_line', 'FollowEpochs', 'train_distributed']
 
 # %% ../nbs/04_train.ipynb #c68e555e
 logger = logging.getLogger(__name__)
@@ -69,24 +71,36 @@ class TrainConfig:
     val_size: float = 0.2  # fraction of dataset.csv kept for validation
     sample_size: int | None = None  # use a stratified sample of dataset.csv of this many rows
     seed: int = 42  # seeds the split, the head's initialisation and the batch order
-    device: str = "auto"  # `auto`, `cuda`, `mps` or `cpu` (in-process training)
+    device: str | None = None  # `auto`, `cuda`, `mps` or `cpu` for in-process training; None: the `MWML_DEVICE` setting
 
-    @classmethod
-    def from_dict(cls, values: dict) -> TrainConfig:
-        "A config from `values`; unknown keys are an error that lists the known ones."
-        known = {f.name for f in fields(cls)}
-        if unknown := sorted(set(values) - known): raise ValueError(f"unknown config key(s) {unknown}; known: {sorted(known)}")
-        return cls(**values)
+# %% ../nbs/04_train.ipynb #1f8f79d9
+@patch(cls_method=True)
+def from_dict(cls: TrainConfig,
+              values: dict,  # field name -> value, e.g. a JSON config file's content
+              ) -> TrainConfig:
+    "A config from `values`; unknown keys are a `TrainingError` that lists the known ones."
+    known = {f.name for f in fields(cls)}
+    if unknown := sorted(set(values) - known): raise TrainingError(f"unknown config key(s) {unknown}; known: {sorted(known)}")
+    return cls(**values)
 
-    @classmethod
-    def from_file(cls, path: Path | str) -> TrainConfig:
-        "A config from a JSON file of field values."
-        try: return cls.from_dict(json.loads(Path(path).read_text()))
-        except (OSError, json.JSONDecodeError) as e: raise ValueError(f"cannot read a training config from {path}: {e}") from None
+# %% ../nbs/04_train.ipynb #c2f96271
+@patch(cls_method=True)
+def from_file(cls: TrainConfig,
+              path: Path | str,  # a JSON file of field values
+              ) -> TrainConfig:
+    "A config from a JSON file of field values; a `TrainingError` names the file and what is wrong with it."
+    try: values = json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError) as e: raise TrainingError(f"cannot read a training config from {path}: {e}") from None
+    if not isinstance(values, dict):
+        raise TrainingError(f"{path} must hold a JSON object of training config fields, e.g. {{\"epochs\": 3}}")
+    try: return cls.from_dict(values)
+    except TrainingError as e: raise TrainingError(f"{path}: {e}") from None
 
-    def tagger_config(self) -> TaggerConfig:
-        "The part of the config the Tagger bundle keeps."
-        return TaggerConfig(backbone=self.backbone, pooling=self.pooling, dropout=self.dropout, max_length=self.max_length)
+# %% ../nbs/04_train.ipynb #c622f2eb
+@patch
+def tagger_config(self: TrainConfig) -> TaggerConfig:
+    "The part of the config the Tagger bundle keeps."
+    return TaggerConfig(backbone=self.backbone, pooling=self.pooling, dropout=self.dropout, max_length=self.max_length)
 
 # %% ../nbs/04_train.ipynb #abc6909b
 def training_data(config: TrainConfig,  # `sample_size`, `val_size`, `seed`
@@ -102,13 +116,17 @@ def training_data(config: TrainConfig,  # `sample_size`, `val_size`, `seed`
 # %% ../nbs/04_train.ipynb #869b415c
 class ProjectTexts(Dataset):
     "(text, class id) pairs of a frame of projects, preprocessed as the Tagger does."
-    def __init__(self, projects: pd.DataFrame, tagger: Tagger):
+    def __init__(self,
+                 projects: pd.DataFrame,  # projects with `title`, `description` and `tag`
+                 tagger: Tagger,  # preprocesses the texts and knows the label index
+                 ):
         if len(projects) == 0: raise DataError("cannot train or validate on an empty split; check sample_size and val_size")
         self.texts = tagger.texts(projects.title, projects.description)
         self.labels = torch.as_tensor(tagger.labels.encode(projects.tag))
     def __len__(self): return len(self.texts)
     def __getitem__(self, i): return self.texts[i], self.labels[i]
 
+# %% ../nbs/04_train.ipynb #ea7cf86a
 def make_dataloaders(tagger: Tagger,  # tokenizes and preprocesses
                      train: pd.DataFrame,  # training projects
                      val: pd.DataFrame,  # validation projects
@@ -128,6 +146,7 @@ def encoder_head_splitter(model) -> list:
     encoder = set(id(p) for p in model.encoder.parameters())
     return [params(model.encoder), [p for p in model.parameters() if id(p) not in encoder]]
 
+# %% ../nbs/04_train.ipynb #54a211fd
 class StopOnNaN(Callback):
     "Raise a `TrainingError` as soon as the training loss is not finite."
     def after_loss(self):
@@ -135,10 +154,13 @@ class StopOnNaN(Callback):
             raise TrainingError(f"the training loss became {self.learn.loss.item()} at epoch {self.epoch + 1}, "
                                 f"batch {self.iter + 1}: lower the learning rate (lr) or the gradient clipping norm")
 
+# %% ../nbs/04_train.ipynb #e147dd32
 class KeepBest(TrackerCallback):
     "Keep the weights of the epoch with the best `monitor` value (over every phase) and restore them after training."
     order = TrackerCallback.order + 1
-    def __init__(self, monitor: str = "valid_loss"):
+    def __init__(self,
+                 monitor: str = "valid_loss",  # the recorded value that decides which epoch is best
+                 ):
         super().__init__(monitor=monitor, reset_on_fit=False)
         self.best_state, self.best_epoch = None, None
     def after_epoch(self):
@@ -149,6 +171,7 @@ class KeepBest(TrackerCallback):
     def after_fit(self):
         if self.best_state is not None: self.learn.model.load_state_dict(self.best_state)
 
+# %% ../nbs/04_train.ipynb #e36e7843
 class ShuffleEachEpoch(Callback):
     "Tell a `DistributedSampler` the epoch, so each epoch shuffles differently on every worker."
     def before_epoch(self):
@@ -174,11 +197,13 @@ def make_learner(tagger: Tagger,  # the model to train (already on its device)
     return learn
 
 # %% ../nbs/04_train.ipynb #8f7eb34d
-def epoch_metrics(recorder: Recorder) -> dict[str, float]:
+def epoch_metrics(recorder: Recorder,  # fastai's recorder, after an epoch
+                  ) -> dict[str, float]:
     "The last epoch's losses and metrics from fastai's recorder, by name."
     names = [n for n in recorder.metric_names[1:] if n != "time"]
     return {n: float(v) for n, v in zip(names, recorder.log[1:]) if v is not None}
 
+# %% ../nbs/04_train.ipynb #3522b18a
 class History(Callback):
     "Number epochs across training phases and keep each epoch's metrics in `rows`."
     order = Recorder.order + 1
@@ -187,23 +212,61 @@ class History(Callback):
     @property
     def last(self) -> dict: return self.rows[-1]
 
-class MLflowLogger(Callback):
-    "Log each epoch's losses and metrics to the active MLflow run, at the epoch's step."
+# %% ../nbs/04_train.ipynb #d5f04a5e
+class ReportEpochs(Callback):
+    "After each epoch, log its metrics to the MLflow run `run_id` (when given) and pass them to `report` (when given)."
     order = History.order + 1
-    def __init__(self, history: History): self.history = history
+    def __init__(self,
+                 history: History,  # the epochs' metrics; its last row is the epoch just done
+                 run_id: str | None = None,  # the MLflow run to log to, at the epoch's step; None logs nothing
+                 report: Callable[[dict], None] | None = None,  # called with the epoch's row, e.g. `ray.tune.report`
+                 tracking_uri: str | None = None,  # the store of `run_id` (a Ray worker's is not set); default the current one
+                 ):
+        self.history, self.run_id, self.report = history, run_id, report
+        self.client = mlflow.MlflowClient(tracking_uri) if run_id else None
     def after_epoch(self):
         row = self.history.last
-        mlflow.log_metrics({k: v for k, v in row.items() if k != "epoch"}, step=row["epoch"])
+        if self.run_id:
+            now = int(time.time() * 1000)
+            self.client.log_batch(self.run_id, [Metric(k, v, now, row["epoch"]) for k, v in row.items() if k != "epoch"])
+        if self.report is not None: self.report(row)
 
+# %% ../nbs/04_train.ipynb #7c40b14a
 class Checkpoint(Callback):
     "After each epoch, save the Tagger and the epochs done to `folder` and log them to MLflow as `checkpoint/`."
     order = History.order + 2
-    def __init__(self, tagger: Tagger, folder: Path | str, history: History):
+    def __init__(self,
+                 tagger: Tagger,  # the model being trained (its weights are saved)
+                 folder: Path | str,  # a scratch folder for the checkpoint before it goes to MLflow
+                 history: History,  # says how many epochs are done
+                 ):
         self.tagger, self.folder, self.history = tagger, Path(folder), history
     def after_epoch(self):
         self.tagger.save(self.folder / "tagger")
         (self.folder / "state.json").write_text(json.dumps({"epochs_done": self.history.last["epoch"] + 1}))
         mlflow.log_artifacts(str(self.folder), "checkpoint")
+
+# %% ../nbs/04_train.ipynb #c7b02584
+def metric_history(run_id: str,  # an MLflow run
+                   names=("train_loss", "valid_loss", "accuracy", "f1_score"),  # per-epoch metrics to read
+                   ) -> pd.DataFrame:
+    "A run's per-epoch metrics as logged to MLflow, one row per epoch."
+    client = mlflow.MlflowClient()
+    series = {n: {m.step: m.value for m in client.get_metric_history(run_id, n)} for n in names}
+    return pd.DataFrame(series).rename_axis("epoch").sort_index()
+
+# %% ../nbs/04_train.ipynb #869a854c
+def training_curves(history: pd.DataFrame,  # per-epoch `train_loss` and `valid_loss`, indexed by epoch
+                    title: str = "losses per epoch",  # the figure's title
+                    ) -> Figure:
+    "A figure of training and validation loss per epoch."
+    fig = Figure(figsize=(6, 3.5), tight_layout=True)
+    ax = fig.subplots()
+    for name in ("train_loss", "valid_loss"):
+        if name in history: ax.plot(history.index, history[name], marker="o", label=name.replace("_", " "))
+    ax.set(xlabel="epoch", ylabel="cross-entropy", title=title)
+    ax.legend()
+    return fig
 
 # %% ../nbs/04_train.ipynb #1c9068d5
 def fit_tagger(tagger: Tagger,  # the model to train
@@ -251,21 +314,25 @@ class TrainResult:
     history: pd.DataFrame | None = None  # per-epoch losses and metrics
     tracking_uri: str = ""  # the MLflow store
 
-def score_tagger(tagger: Tagger, **splits: pd.DataFrame) -> dict:
+# %% ../nbs/04_train.ipynb #ef4d2fdc
+def score_tagger(tagger: Tagger,  # a trained tagger
+                 **splits: pd.DataFrame,  # named frames of projects, e.g. `val=..., holdout=...`
+                 ) -> dict:
     "`classification_scores` of `tagger` on each named frame of projects."
     return {name: classification_scores(df.tag.tolist(), tagger.predict(df.title, df.description)[0], tagger.labels.classes)
             for name, df in splits.items()}
 
-def _start_tracking(config: TrainConfig, extra: dict | None = None):
+# %% ../nbs/04_train.ipynb #5d8a2e3e
+def _start_tracking(config: TrainConfig, settings: Settings, extra: dict | None = None):
     "Log the config, the tags that trace a run to its code and data, and `config.json`."
-    mlflow.set_tags({"model": "tagger", "backbone": config.backbone, "git_sha": git_sha() or "unknown",
-                     **{f"data.{n}.sha256": SOURCES[n].sha256 for n in ("dataset", "holdout")}})
+    mlflow.set_tags({"model": "tagger", "backbone": config.backbone, **provenance_tags(settings)})
     mlflow.log_params({**asdict(config), **(extra or {})})
     mlflow.log_dict(asdict(config), "config.json")
 
 def _finish_tracking(tagger: Tagger, val_df: pd.DataFrame, holdout: pd.DataFrame, output: Path | str | None) -> dict:
-    "Calibrate on `val_df`, score on both splits, log the scores and the Tagger bundle (and save it to `output`)."
-    from mwml.evaluate import calibrate
+    "Log the training curves; calibrate on `val_df`, score on both splits, log the scores and the Tagger (also saved to `output`)."
+    run_id = mlflow.active_run().info.run_id
+    mlflow.log_figure(training_curves(metric_history(run_id), f"{tagger.config.backbone}: losses per epoch"), "training_curves.png")
     calibration = calibrate(tagger, val_df)
     mlflow.log_metrics({"temperature": calibration["temperature"], "val_ece_before": calibration["ece_before"],
                         "val_ece_after": calibration["ece_after"], "other_threshold": calibration["threshold"] or 0.0})
@@ -305,7 +372,7 @@ def train(config: TrainConfig | None = None,  # the run's config; default `Train
     with tempfile.TemporaryDirectory() as work:
         config, tagger, start_epoch = _resume_state(resume, Path(work)) if resume else (config or TrainConfig(), None, 0)
         with mlflow.start_run(run_id=resume, run_name=None if resume else f"tagger-{config.backbone}") as run:
-            if not resume: _start_tracking(config)
+            if not resume: _start_tracking(config, s)
             set_seeds(config.seed)
             train_df, val_df, holdout = training_data(config, s)
             tagger = tagger or Tagger.create(config.tagger_config(), LabelIndex.from_labels(load("dataset", s).tag))
@@ -314,51 +381,75 @@ def train(config: TrainConfig | None = None,  # the run's config; default `Train
                         next(tagger.model.parameters()).device)
             history = History()
             fit_tagger(tagger, train_df, val_df, config,
-                       [history, MLflowLogger(history), Checkpoint(tagger, Path(work) / "checkpoint", history)], start_epoch)
+                       [history, ReportEpochs(history, run.info.run_id), Checkpoint(tagger, Path(work) / "checkpoint", history)],
+                       start_epoch)
             scores = _finish_tracking(tagger, val_df, holdout, output)
     logger.info("tagger run %s: holdout weighted F1 %.3f", run.info.run_id, scores["holdout"]["f1"])
     return TrainResult(run.info.run_id, tagger, scores, pd.DataFrame(history.rows).set_index("epoch"), s.tracking_uri)
 
-# %% ../nbs/04_train.ipynb #c7b02584
-def metric_history(run_id: str,  # an MLflow run
-                   names=("train_loss", "valid_loss", "accuracy", "f1_score"),  # per-epoch metrics to read
-                   ) -> pd.DataFrame:
-    "A run's per-epoch metrics as logged to MLflow, one row per epoch."
-    client = mlflow.MlflowClient()
-    series = {n: {m.step: m.value for m in client.get_metric_history(run_id, n)} for n in names}
-    return pd.DataFrame(series).rename_axis("epoch").sort_index()
+# %% ../nbs/04_train.ipynb #dd8575b9
+def epoch_line(row: dict,  # one epoch's metrics, with its `epoch` (from 0)
+               total: int | None = None,  # the epochs the run plans, if known
+               ) -> str:
+    "One line saying how an epoch went, e.g. `epoch 2/3: train_loss 0.9123, valid_loss 0.8765, ...`."
+    number = f"{int(row['epoch']) + 1}" + (f"/{total}" if total else "")
+    return f"epoch {number}: " + ", ".join(f"{k} {v:.4f}" for k, v in row.items() if k != "epoch" and pd.notna(v))
+
+# %% ../nbs/04_train.ipynb #1cf8a187
+class FollowEpochs:
+    "While it is open, log from the driver one `epoch_line` per epoch that the MLflow run `run_id` gains."
+    def __init__(self,
+                 run_id: str,  # the MLflow run the workers log epochs to
+                 total: int | None = None,  # the epochs the run plans, for "epoch 2/7"
+                 every: float = 2.0,  # seconds between two reads of the run
+                 ):
+        self.run_id, self.total, self.every, self.shown = run_id, total, every, -1
+        self._stop, self._thread = threading.Event(), None
+
+    def poll(self) -> list[dict]:
+        "Log the epochs logged since the last poll, in order; return them."
+        try: history = metric_history(self.run_id)
+        except mlflow.exceptions.MlflowException as e:  # e.g. the store busy with a worker's write: try again next time
+            logger.debug("cannot read run %s yet: %s", self.run_id, e)
+            return []
+        rows = [{"epoch": int(epoch), **row} for epoch, row in history.iterrows() if epoch > self.shown and pd.notna(row.get("valid_loss"))]
+        for row in rows: logger.info(epoch_line(row, self.total))
+        if rows: self.shown = rows[-1]["epoch"]
+        return rows
+
+    def _follow(self):
+        while not self._stop.wait(self.every):
+            try: self.poll()
+            except Exception as e: logger.debug("following run %s: %s", self.run_id, e)  # progress must never stop training
+
+    def __enter__(self):
+        self._thread = threading.Thread(target=self._follow, name="mwml-follow-epochs", daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+        self.poll()  # the epochs logged since the last read
 
 # %% ../nbs/04_train.ipynb #fd7eb02f
-def init_ray(num_cpus: int | None = None,  # CPUs for a local Ray; default: all
-             ):
-    "Connect to `RAY_ADDRESS` when set, else start (or reuse) a local Ray."
-    import ray
-    if not ray.is_initialized():
-        address = os.environ.get("RAY_ADDRESS")
-        ray.init(address=address or None, num_cpus=None if address else num_cpus, include_dashboard=False,
-                 log_to_driver=False, configure_logging=False)
-    return ray
-
 def _ray_worker_loop(loop: dict):
-    "One Ray Train worker: the same `fit_tagger`, reporting every epoch (rank 0 with a checkpoint)."
+    "One Ray Train worker: the same `fit_tagger`, reporting every epoch (rank 0 to MLflow too, and with a checkpoint)."
     import ray.train
     config = TrainConfig.from_dict(loop["config"])
     set_seeds(config.seed)
     tagger = Tagger.create(config.tagger_config(), LabelIndex(tuple(loop["classes"])))
+    rank0 = ray.train.get_context().get_world_rank() == 0
 
-    history, client = History(), mlflow.MlflowClient(loop["tracking_uri"])
+    def report(row: dict):
+        if not rank0: return ray.train.report(row)
+        with tempfile.TemporaryDirectory() as d:
+            tagger.save(Path(d) / "tagger")
+            ray.train.report(row, checkpoint=ray.train.Checkpoint.from_directory(d))
 
-    class ReportToRay(Callback):
-        order = History.order + 1
-        def after_epoch(self):
-            if ray.train.get_context().get_world_rank() != 0: return ray.train.report(history.last)
-            row = history.last
-            client.log_batch(loop["run_id"], [Metric(k, v, int(time.time() * 1000), row["epoch"]) for k, v in row.items() if k != "epoch"])
-            with tempfile.TemporaryDirectory() as d:
-                tagger.save(Path(d) / "tagger")
-                ray.train.report(row, checkpoint=ray.train.Checkpoint.from_directory(d))
-
-    fit_tagger(tagger, loop["train"], loop["val"], config, [history, ReportToRay()], distributed=True)
+    history = History()
+    reporter = ReportEpochs(history, loop["run_id"] if rank0 else None, report, loop["tracking_uri"])
+    fit_tagger(tagger, loop["train"], loop["val"], config, [history, reporter], distributed=True)
 
 # %% ../nbs/04_train.ipynb #6ca2795d
 def train_distributed(config: TrainConfig | None = None,  # the run's config
@@ -373,7 +464,7 @@ def train_distributed(config: TrainConfig | None = None,  # the run's config
     s, config = settings or get_settings(), config or TrainConfig()
     use_mlflow(s)
     with mlflow.start_run(run_name=f"tagger-{config.backbone}-ray{num_workers}") as run:
-        _start_tracking(config, {"num_workers": num_workers, "use_gpu": use_gpu})
+        _start_tracking(config, s, {"num_workers": num_workers, "use_gpu": use_gpu})
         train_df, val_df, holdout = training_data(config, s)
         classes = LabelIndex.from_labels(load("dataset", s).tag).classes
         init_ray()
@@ -385,8 +476,12 @@ def train_distributed(config: TrainConfig | None = None,  # the run's config
             run_config=RunConfig(name=run.info.run_id, storage_path=str(s.home / "ray_results"),
                                  checkpoint_config=CheckpointConfig(num_to_keep=1, checkpoint_score_attribute="valid_loss",
                                                                     checkpoint_score_order="min")))
-        try: ray_result = trainer.fit()
+        logger.info("training %s for %d epochs on %d rows, %d Ray Train workers", config.backbone, config.epochs, len(train_df),
+                    num_workers)
+        try:
+            with FollowEpochs(run.info.run_id, config.freeze_epochs + config.epochs): ray_result = trainer.fit()
         except Exception as e: raise TrainingError(f"Ray Train failed: {e}") from e
         with ray_result.best_checkpoints[0][0].as_directory() as d: tagger = Tagger.load(Path(d) / "tagger")
         scores = _finish_tracking(tagger, val_df, holdout, output)
+    logger.info("tagger run %s: holdout weighted F1 %.3f", run.info.run_id, scores["holdout"]["f1"])
     return TrainResult(run.info.run_id, tagger, scores, metric_history(run.info.run_id), s.tracking_uri)

@@ -5,25 +5,27 @@
 # %% ../nbs/05_tune.ipynb #44d19940
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import math
+import sys
 import time
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import mlflow
 import pandas as pd
-from fastai.callback.core import Callback
-from mlflow.entities import Metric
+from ray.tune import Callback as TuneCallback
 
-from .config import MwmlError, Settings, atomic_write, get_settings, git_sha, pick_device, set_seeds, use_mlflow
-from .data import SOURCES, LabelIndex, load
+from .config import MwmlError, Settings, atomic_write, get_settings, init_ray, pick_device, set_seeds, use_mlflow
+from .data import LabelIndex, load, provenance_tags
 from .models import Tagger
-from .train import History, TrainConfig, fit_tagger, init_ray, training_data
+from .train import History, ReportEpochs, TrainConfig, fit_tagger, training_data
 
 # %% auto #0
-__all__ = ['logger', 'SEARCH_SPACE', 'STATE_FILE', 'TuneError', 'tune_space', 'cap_epochs', 'default_point', 'SearchResult',
-           'trial_table', 'latest_job', 'search']
+__all__ = ['logger', 'SEARCH_SPACE', 'STATE_FILE', 'TuneError', 'tune_space', 'cap_epochs', 'default_point', 'trial_status',
+           'planned_epochs', 'trial_line', 'TrialProgress', 'SearchResult', 'trial_table', 'latest_job', 'search']
 
 # %% ../nbs/05_tune.ipynb #56892f7b
 logger = logging.getLogger(__name__)
@@ -107,25 +109,69 @@ def _trial(params: dict,  # the sampled values
     run_id = client.create_run(experiment_id, run_name=f"trial-{trial_id}",
                                tags={"mlflow.parentRunId": parent_run_id, "trial_id": trial_id, "model": "tagger"}).info.run_id
     client.log_batch(run_id, params=[Param(k, str(v)) for k, v in asdict(config).items()])
-    history = History()
-
-    class ReportToTune(Callback):
-        order = History.order + 1
-        def after_epoch(self):
-            row = history.last
-            client.log_batch(run_id, metrics=[Metric(k, v, int(time.time() * 1000), row["epoch"]) for k, v in row.items() if k != "epoch"])
-            tune.report(row)
-
     try:
         set_seeds(config.seed)
         tagger = Tagger.create(config.tagger_config(), LabelIndex(tuple(classes)))
         tagger.model.to(pick_device(config.device))
-        fit_tagger(tagger, train, val, config, [history, ReportToTune()])
+        history = History()
+        fit_tagger(tagger, train, val, config, [history, ReportEpochs(history, run_id, tune.report, tracking_uri)])
     except Exception as e:
         client.set_tag(run_id, "error", f"{type(e).__name__}: {e}"[:5000])
         client.set_terminated(run_id, "FAILED")
         raise
     client.set_terminated(run_id, "FINISHED")
+
+# %% ../nbs/05_tune.ipynb #3c260d08
+def trial_status(epochs_run: int,  # epochs the trial reported
+                 planned: int,  # epochs it would run if nothing stopped it
+                 failed: bool = False,  # whether it raised
+                 ) -> str:
+    "How a trial ended: `failed`, `done` or `stopped early`."
+    return "failed" if failed else "done" if epochs_run >= planned else "stopped early"
+
+# %% ../nbs/05_tune.ipynb #f5860ed3
+def planned_epochs(values: dict,  # a trial's sampled values
+                   base: TrainConfig,  # the config trials start from
+                   ) -> int:
+    "The epochs (frozen included) a trial runs if nothing stops it."
+    return base.freeze_epochs + int(values.get("epochs", base.epochs))
+
+# %% ../nbs/05_tune.ipynb #628a4665
+def trial_line(trial: str,  # Tune's trial id
+               status: str,  # from `trial_status`
+               best_loss: float | None,  # its lowest validation loss, None if it reported none
+               epochs_run: int,  # epochs it reported
+               ended: int | None = None,  # trials ended so far, this one included
+               total: int | None = None,  # trials in the search
+               ) -> str:
+    "One line saying how a trial ended."
+    loss = "none" if best_loss is None else f"{best_loss:.4f}"
+    count = f" ({ended}/{total} trials ended)" if ended and total else ""
+    return f"trial {trial} {status}: best validation loss {loss} after {epochs_run} epoch{'s' * (epochs_run != 1)}{count}"
+
+# %% ../nbs/05_tune.ipynb #d857195c
+class TrialProgress(TuneCallback):
+    "A Ray Tune callback that logs one `trial_line` per trial as it ends (on the driver, where the console is)."
+    def __init__(self,
+                 base: TrainConfig,  # the config trials start from: a trial plans its frozen + `epochs` epochs
+                 total: int | None = None,  # trials in the search, for "3/12 trials ended"
+                 ):
+        self.base, self.total, self.best, self.epochs, self.ended = base, total, {}, {}, 0
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        if (loss := result.get("valid_loss")) is None: return
+        self.best[trial.trial_id] = min(loss, self.best.get(trial.trial_id, math.inf))
+        self.epochs[trial.trial_id] = self.epochs.get(trial.trial_id, 0) + 1
+
+    def _log(self, trial, failed: bool):
+        self.ended += 1
+        epochs = self.epochs.get(trial.trial_id, 0)
+        status = trial_status(epochs, planned_epochs(trial.config, self.base), failed)
+        (logger.warning if failed else logger.info)(trial_line(trial.trial_id, status, self.best.get(trial.trial_id), epochs,
+                                                               self.ended, self.total))
+
+    def on_trial_complete(self, iteration, trials, trial, **info): self._log(trial, failed=False)
+    def on_trial_error(self, iteration, trials, trial, **info): self._log(trial, failed=True)
 
 # %% ../nbs/05_tune.ipynb #01a88dae
 @dataclass
@@ -133,50 +179,57 @@ class SearchResult:
     "What a search found."
     parent_run_id: str  # the search's MLflow run
     best_config: TrainConfig  # the base config with the best trial's values
-    best: dict  # the best trial's best epoch: valid_loss, f1_score, accuracy, epoch
-    trials: pd.DataFrame  # one row per trial: status, sampled values, best validation loss and F1, epochs run, error
+    best: dict  # the best trial: its id (`trial`), lowest `valid_loss` and the `f1_score` of that epoch
+    trials: pd.DataFrame  # one row per trial (`trial` is Tune's id): status, sampled values, best validation loss and F1, epochs run, error
     config_path: Path  # where the best config was written (JSON, for `mwml train --config`)
 
+# %% ../nbs/05_tune.ipynb #b0ec7e44
 def _max_epochs(base: TrainConfig, space: dict) -> int:
     "The most epochs (frozen included) any trial can run: ASHA's horizon."
     spec = space.get("epochs")
     most = base.epochs if spec is None else max(spec["values"]) if spec["type"] == "choice" else spec["high"]
     return base.freeze_epochs + most
 
-def trial_table(results, space: dict, base: TrainConfig) -> pd.DataFrame:
-    "One row per trial of a Tune `ResultGrid`: its status, values, best epoch and error."
+# %% ../nbs/05_tune.ipynb #9844c6a5
+def trial_table(results,  # a Tune `ResultGrid`
+                space: dict,  # the search space: its names become columns
+                base: TrainConfig,  # the config trials start from
+                ) -> pd.DataFrame:
+    "One row per trial of a Tune `ResultGrid`, best first: Tune's trial id, status, values, best epoch and error."
     rows = []
     for r in results:
         history = r.metrics_dataframe if r.metrics_dataframe is not None else pd.DataFrame()
         best = history.loc[history.valid_loss.idxmin()] if "valid_loss" in history and len(history) else {}
-        planned = base.freeze_epochs + int(r.config.get("epochs", base.epochs))
-        status = "failed" if r.error else "done" if len(history) >= planned else "stopped early"
-        rows.append({"trial": Path(r.path).name.split("_")[1] if r.path else "?", "status": status,
+        rows.append({"trial": r.metrics["trial_id"], "status": trial_status(len(history), planned_epochs(r.config, base), bool(r.error)),
                      **{k: r.config.get(k) for k in space}, "valid_loss": best.get("valid_loss"), "f1_score": best.get("f1_score"),
-                     "epochs_run": len(history), "trial_id": r.metrics.get("trial_id") if r.metrics else None,
-                     "error": (str(r.error).strip().splitlines() or [""])[-1][:300] if r.error else ""})
+                     "epochs_run": len(history), "error": (str(r.error).strip().splitlines() or [""])[-1][:300] if r.error else ""})
     return pd.DataFrame(rows).sort_values("valid_loss", na_position="last").reset_index(drop=True)
 
 # %% ../nbs/05_tune.ipynb #2256c80c
 def _close_child_runs(parent_run_id: str, experiment_id: str, failed_trials: set):
-    "Close child runs left RUNNING: ASHA stops a trial from outside, so its own code never gets to."
-    client = mlflow.MlflowClient()
+    "Close child runs left RUNNING: FAILED, FINISHED, or FINISHED with an `early_stopped` tag when it logged fewer epochs than planned."
+    client = mlflow.MlflowClient()  # Tune stops a trial from outside, at its last epoch or at ASHA's cut: its own code never gets to
     running = client.search_runs([experiment_id], f"tags.mlflow.parentRunId = '{parent_run_id}' and attributes.status = 'RUNNING'")
     for run in running:
-        if run.data.tags.get("trial_id") in failed_trials: client.set_terminated(run.info.run_id, "FAILED")
-        else:
+        if run.data.tags.get("trial_id") in failed_trials:
+            client.set_terminated(run.info.run_id, "FAILED")
+            continue
+        planned = int(run.data.params["freeze_epochs"]) + int(run.data.params["epochs"])
+        if len(client.get_metric_history(run.info.run_id, "valid_loss")) < planned:  # stopped by ASHA, or interrupted
             client.set_tag(run.info.run_id, "early_stopped", "true")
-            client.set_terminated(run.info.run_id, "FINISHED")
+        client.set_terminated(run.info.run_id, "FINISHED")
 
 # %% ../nbs/05_tune.ipynb #f0cdb98a
 STATE_FILE = "mwml-search.json"
 
-def latest_job(settings: Settings) -> str:
+def latest_job(settings: Settings,  # whose `home` holds `ray_results/`
+               ) -> str:
     "The name of the most recently started tuning job under `$MWML_HOME/ray_results`."
     jobs = sorted((settings.home / "ray_results").glob(f"*/{STATE_FILE}"), key=lambda p: p.stat().st_mtime)
     if not jobs: raise TuneError(f"there is no tuning job to resume in {settings.home / 'ray_results'}")
     return jobs[-1].parent.name
 
+# %% ../nbs/05_tune.ipynb #3f52b344
 def _searcher(algorithm: str, seed: int, points: list[dict]):
     "Optuna's TPE or HyperOpt, seeded, trying `points` first."
     if algorithm == "optuna":
@@ -187,6 +240,7 @@ def _searcher(algorithm: str, seed: int, points: list[dict]):
         return HyperOptSearch(random_state_seed=seed, points_to_evaluate=points or None)
     raise TuneError(f"search must be 'optuna' or 'hyperopt', got {algorithm!r}")
 
+# %% ../nbs/05_tune.ipynb #19121f2c
 def search(base: TrainConfig | None = None,  # the config trials start from; default `TrainConfig()`
            space: dict | None = None,  # the search space; default `SEARCH_SPACE`
            num_samples: int = 12,  # trials
@@ -217,8 +271,7 @@ def search(base: TrainConfig | None = None,  # the config trials start from; def
     ray = init_ray()
     with mlflow.start_run(run_id=parent_id, run_name=None if resume else f"tune-{base.backbone}") as parent:
         if not resume:
-            mlflow.set_tags({"model": "tagger", "kind": "tune", "git_sha": git_sha() or "unknown",
-                             **{f"data.{n}.sha256": SOURCES[n].sha256 for n in ("dataset", "holdout")}})
+            mlflow.set_tags({"model": "tagger", "kind": "tune", **provenance_tags(s)})
             mlflow.log_params({"num_samples": num_samples, "algorithm": algorithm, "cpus_per_trial": cpus_per_trial,
                                "gpus_per_trial": gpus_per_trial})
             mlflow.log_dict(space, "space.json")
@@ -236,10 +289,12 @@ def search(base: TrainConfig | None = None,  # the config trials start from; def
                                                            search_alg=ConcurrencyLimiter(searcher, max_concurrent=capacity),
                                                            scheduler=ASHAScheduler(max_t=_max_epochs(base, space), grace_period=2,
                                                                                    reduction_factor=3)),
-                               run_config=tune.RunConfig(name=name, storage_path=str(s.home / "ray_results"), verbose=0))
-        results = tuner.fit()
+                               run_config=tune.RunConfig(name=name, storage_path=str(s.home / "ray_results"), verbose=0,
+                                                         callbacks=[TrialProgress(base, num_samples)]))
+        logger.info("searching %d configs of %s with %s; each trial's end is logged as it ends", num_samples, base.backbone, algorithm)
+        with contextlib.redirect_stdout(sys.stderr): results = tuner.fit()  # Tune prints a table even at verbose=0; stdout is the caller's
         trials = trial_table(results, space, base)
-        _close_child_runs(parent.info.run_id, experiment_id, set(trials.trial_id[trials.status == "failed"].dropna()))
+        _close_child_runs(parent.info.run_id, experiment_id, set(trials.trial[trials.status == "failed"]))
         mlflow.log_text(trials.to_csv(index=False), "trials.csv")
         mlflow.log_metrics({"trials_failed": int((trials.status == "failed").sum()), "trials": len(trials)})
         if trials.valid_loss.isna().all():
@@ -249,8 +304,9 @@ def search(base: TrainConfig | None = None,  # the config trials start from; def
         mlflow.log_dict(asdict(best_config), "best_config.json")
         mlflow.log_params({f"best_{k}": v for k, v in asdict(best_config).items() if k in space})
         mlflow.log_metrics({"best_valid_loss": float(best_row.valid_loss), "best_f1_score": float(best_row.f1_score)})
+        mlflow.set_tag("best_trial", best_row.trial)
         config_path = atomic_write(output or job / "best_config.json", json.dumps(asdict(best_config), indent=2))
-    best = {"valid_loss": float(best_row.valid_loss), "f1_score": float(best_row.f1_score), "trial": best_row.trial}
+    best = {"trial": best_row.trial, "valid_loss": float(best_row.valid_loss), "f1_score": float(best_row.f1_score)}
     return SearchResult(parent.info.run_id, best_config, best, trials, config_path)
 
 def _plain(value):

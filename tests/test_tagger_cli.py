@@ -2,6 +2,7 @@
 resume after an interruption, and clear failures, all against a real local MLflow store."""
 
 import json
+import re
 import time
 from pathlib import Path
 
@@ -39,7 +40,7 @@ def test_train_tiny_tagger_in_process(env, tmp_path):
     client = mlflow.MlflowClient(get_settings(env).tracking_uri)
     assert [m.step for m in client.get_metric_history(run.info.run_id, "valid_loss")] == [0, 1, 2]  # 1 frozen + 2
     assert {"val_f1", "holdout_f1", "holdout_precision_mlops", "train_loss", "f1_score"} <= set(run.data.metrics)
-    assert {"config.json", "scores.json", "tagger", "checkpoint"} <= artifacts(env, run.info.run_id)
+    assert {"config.json", "scores.json", "tagger", "checkpoint", "training_curves.png"} <= artifacts(env, run.info.run_id)
     assert {"model.safetensors", "tagger.json", "tokenizer"} <= artifacts(env, run.info.run_id, "tagger")
 
     # the --output bundle and the MLflow artifact are the same model, and predict the same
@@ -56,9 +57,15 @@ def test_train_tiny_tagger_on_ray_with_two_workers(env, tmp_path):
     assert run.info.status == "FINISHED"
     assert run.data.params["num_workers"] == "2"
     client = mlflow.MlflowClient(get_settings(env).tracking_uri)
-    assert sorted(m.step for m in client.get_metric_history(run.info.run_id, "valid_loss")) == [0, 1, 2]
+    logged = {m.step + 1: f"{m.value:.4f}" for m in client.get_metric_history(run.info.run_id, "valid_loss")}
+    assert sorted(logged) == [1, 2, 3]
     assert "holdout_f1" in run.data.metrics
     assert {"model.safetensors", "tagger.json"} <= artifacts(env, run.info.run_id, "tagger")
+    assert "training_curves.png" in artifacts(env, run.info.run_id)
+
+    # the driver showed each epoch that rank 0 logged, once, with the value it logged
+    shown = re.findall(r"epoch (\d+)/3: train_loss [\d.]+, valid_loss ([\d.]+)", r.stderr)
+    assert {int(epoch): loss for epoch, loss in shown} == logged and len(shown) == 3, r.stderr[-3000:]
 
 
 def test_interrupted_run_is_failed_then_resumes(env, tmp_path):
@@ -67,7 +74,7 @@ def test_interrupted_run_is_failed_then_resumes(env, tmp_path):
     home = get_settings(env).home
     deadline = time.monotonic() + 300
     while not list(home.glob("mlartifacts/**/checkpoint/state.json")):
-        assert proc.poll() is None, proc.communicate()
+        assert proc.poll() is None, proc.communicate()[1][-3000:]
         assert time.monotonic() < deadline, "no checkpoint within 300 s"
         time.sleep(0.2)
     interrupt(proc)
