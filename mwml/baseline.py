@@ -222,7 +222,7 @@ def train_baseline(config: BaselineConfig | None = None,  # model hyper-paramete
     set_seeds(config.seed)
     use_mlflow(s)
     with mlflow.start_run(run_name="baseline") as run:
-        mlflow.set_tags({"model": "baseline", **provenance_tags(s)})
+        mlflow.set_tags({"model": "baseline", **provenance_tags()})
         mlflow.log_params({**asdict(config), "val_size": val_size})
         train, val = split(load_data("dataset", s), val_size, config.seed)
         holdout = load_data("holdout", s)

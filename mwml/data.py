@@ -20,7 +20,7 @@ import pandera.pandas as pa
 from pandera.errors import SchemaErrors
 from sklearn.model_selection import train_test_split
 
-from .config import MwmlError, Settings, atomic_write, get_settings, git_sha
+from .config import MwmlError, Settings, atomic_write, find_project_root, get_settings, git_sha
 
 # %% auto #0
 __all__ = ['logger', 'UPSTREAM_URL', 'TAGS', 'SOURCES', 'TITLE_MAX', 'DESCRIPTION_MAX', 'STOPWORDS', 'URL_PATTERN', 'DataError',
@@ -204,11 +204,9 @@ def load(name: str,  # `dataset` or `holdout`
     return validate(read_projects(fetch(name, settings=settings)), name=SOURCES[name].file)
 
 # %% ../nbs/01_data.ipynb #b4e51a75
-def provenance_tags(settings: Settings | None = None,  # default `get_settings()`
-                    ) -> dict[str, str]:
-    "The MLflow run tags that trace a run to its code (`git_sha`) and data (`data.<name>.sha256`)."
-    s = settings or get_settings()
-    return {"git_sha": git_sha(s.home) or "unknown", **{f"data.{n}.sha256": SOURCES[n].sha256 for n in ("dataset", "holdout")}}
+def provenance_tags() -> dict[str, str]:
+    "The MLflow run tags that trace a run to its code (`git_sha` of mwml's checkout) and data (`data.<name>.sha256`)."
+    return {"git_sha": git_sha(find_project_root()) or "unknown", **{f"data.{n}.sha256": SOURCES[n].sha256 for n in ("dataset", "holdout")}}
 
 # %% ../nbs/01_data.ipynb #dfd150fe
 STOPWORDS = frozenset(

@@ -325,7 +325,7 @@ def score_tagger(tagger: Tagger,  # a trained tagger
 # %% ../nbs/04_train.ipynb #5d8a2e3e
 def _start_tracking(config: TrainConfig, settings: Settings, extra: dict | None = None):
     "Log the config, the tags that trace a run to its code and data, and `config.json`."
-    mlflow.set_tags({"model": "tagger", "backbone": config.backbone, **provenance_tags(settings)})
+    mlflow.set_tags({"model": "tagger", "backbone": config.backbone, **provenance_tags()})
     mlflow.log_params({**asdict(config), **(extra or {})})
     mlflow.log_dict(asdict(config), "config.json")
 

@@ -25,7 +25,8 @@ from .train import History, ReportEpochs, TrainConfig, fit_tagger, training_data
 
 # %% auto #0
 __all__ = ['logger', 'SEARCH_SPACE', 'STATE_FILE', 'TuneError', 'tune_space', 'cap_epochs', 'default_point', 'trial_status',
-           'planned_epochs', 'trial_line', 'TrialProgress', 'SearchResult', 'trial_table', 'latest_job', 'search']
+           'planned_epochs', 'trial_line', 'TrialProgress', 'SearchResult', 'trial_table', 'latest_job',
+           'log_search_start', 'make_tuner', 'best_of', 'search']
 
 # %% ../nbs/05_tune.ipynb #56892f7b
 logger = logging.getLogger(__name__)
@@ -240,6 +241,58 @@ def _searcher(algorithm: str, seed: int, points: list[dict]):
         return HyperOptSearch(random_state_seed=seed, points_to_evaluate=points or None)
     raise TuneError(f"search must be 'optuna' or 'hyperopt', got {algorithm!r}")
 
+# %% ../nbs/05_tune.ipynb #c48c23aa
+def log_search_start(base: TrainConfig,  # the config trials start from
+                     space: dict,  # the search space
+                     settings: dict,  # num_samples, algorithm, cpus_per_trial, gpus_per_trial
+                     state: Path,  # the job's state file
+                     ):
+    "Tag and describe the active MLflow run as a search's parent, and write its id to the job's state file."
+    mlflow.set_tags({"model": "tagger", "kind": "tune", **provenance_tags()})
+    mlflow.log_params(settings)
+    mlflow.log_dict(space, "space.json")
+    mlflow.log_dict(asdict(base), "base_config.json")
+    atomic_write(state, json.dumps({"parent_run_id": mlflow.active_run().info.run_id}))
+
+# %% ../nbs/05_tune.ipynb #1feede9f
+def make_tuner(trainable,  # the trial function with its resources
+               base: TrainConfig,  # the config trials start from
+               space: dict,  # the search space
+               num_samples: int,  # trials
+               searcher,  # from `_searcher`
+               cpus_per_trial: float,  # CPUs each trial holds
+               job: Path,  # the job's folder under `ray_results`
+               resume: bool = False,  # restore the interrupted job in `job`
+               ):
+    "A Ray Tune `Tuner` minimising validation loss with ASHA, or the interrupted one in `job` restored."
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler
+    from ray.tune.search import ConcurrencyLimiter
+    if resume: return tune.Tuner.restore(str(job), trainable, resume_unfinished=True, resume_errored=False)
+    capacity = max(1, int(init_ray().cluster_resources().get("CPU", 1) // max(cpus_per_trial, 1e-9)))
+    asha = ASHAScheduler(max_t=_max_epochs(base, space), grace_period=2, reduction_factor=3)
+    return tune.Tuner(trainable, param_space=tune_space(space),
+                      tune_config=tune.TuneConfig(metric="valid_loss", mode="min", num_samples=num_samples, scheduler=asha,
+                                                  search_alg=ConcurrencyLimiter(searcher, max_concurrent=capacity)),
+                      run_config=tune.RunConfig(name=job.name, storage_path=str(job.parent), verbose=0,
+                                                callbacks=[TrialProgress(base, num_samples)]))
+
+# %% ../nbs/05_tune.ipynb #5d877f11
+def best_of(trials: pd.DataFrame,  # from `trial_table`, best first
+            base: TrainConfig,  # the config trials start from
+            space: dict,  # the search space
+            ) -> tuple[TrainConfig, dict]:
+    "(the best trial's config, its trial id, validation loss and F1); a `TuneError` when every trial failed."
+    if trials.valid_loss.isna().all():
+        raise TuneError(f"all {len(trials)} trials failed; the first error: {trials.error.iloc[0]}")
+    row = trials.iloc[0]
+    config = TrainConfig.from_dict({**asdict(base), **{k: _plain(row[k]) for k in space}})
+    return config, {"trial": row.trial, "valid_loss": float(row.valid_loss), "f1_score": float(row.f1_score)}
+
+def _plain(value):
+    "A NumPy scalar from a data frame as the Python value a config holds."
+    return value.item() if hasattr(value, "item") else value
+
 # %% ../nbs/05_tune.ipynb #19121f2c
 def search(base: TrainConfig | None = None,  # the config trials start from; default `TrainConfig()`
            space: dict | None = None,  # the search space; default `SEARCH_SPACE`
@@ -255,10 +308,8 @@ def search(base: TrainConfig | None = None,  # the config trials start from; def
            ) -> SearchResult:
     "Search the space with Ray Tune (ASHA on validation loss); every trial an MLflow run under one parent."
     from ray import tune
-    from ray.tune.schedulers import ASHAScheduler
-    from ray.tune.search import ConcurrencyLimiter
     s, base, space = settings or get_settings(), base or TrainConfig(), SEARCH_SPACE if space is None else space
-    sampling = tune_space(space)
+    tune_space(space)  # checks every dimension before anything starts
     if num_samples < 1: raise TuneError(f"num_samples must be at least 1, got {num_samples}")
     searcher = _searcher(algorithm, base.seed, [default_point(base, space), *(points or [])])
     name = name or (latest_job(s) if resume else time.strftime("tune-%Y%m%d-%H%M%S"))
@@ -268,47 +319,25 @@ def search(base: TrainConfig | None = None,  # the config trials start from; def
     parent_id = json.loads(state.read_text())["parent_run_id"] if resume else None
     train_df, val_df, _ = training_data(base, s)
     classes = list(LabelIndex.from_labels(load("dataset", s).tag).classes)
-    ray = init_ray()
     with mlflow.start_run(run_id=parent_id, run_name=None if resume else f"tune-{base.backbone}") as parent:
         if not resume:
-            mlflow.set_tags({"model": "tagger", "kind": "tune", **provenance_tags(s)})
-            mlflow.log_params({"num_samples": num_samples, "algorithm": algorithm, "cpus_per_trial": cpus_per_trial,
-                               "gpus_per_trial": gpus_per_trial})
-            mlflow.log_dict(space, "space.json")
-            mlflow.log_dict(asdict(base), "base_config.json")
-            atomic_write(state, json.dumps({"parent_run_id": parent.info.run_id}))
+            log_search_start(base, space, {"num_samples": num_samples, "algorithm": algorithm, "cpus_per_trial": cpus_per_trial,
+                                           "gpus_per_trial": gpus_per_trial}, state)
         trainable = tune.with_resources(
             tune.with_parameters(_trial, base=asdict(base), classes=classes, train=train_df, val=val_df,
                                  parent_run_id=parent.info.run_id, experiment_id=experiment_id, tracking_uri=mlflow.get_tracking_uri()),
             {"cpu": cpus_per_trial, "gpu": gpus_per_trial})
-        if resume: tuner = tune.Tuner.restore(str(job), trainable, resume_unfinished=True, resume_errored=False)
-        else:
-            capacity = max(1, int(ray.cluster_resources().get("CPU", 1) // max(cpus_per_trial, 1e-9)))
-            tuner = tune.Tuner(trainable, param_space=sampling,
-                               tune_config=tune.TuneConfig(metric="valid_loss", mode="min", num_samples=num_samples,
-                                                           search_alg=ConcurrencyLimiter(searcher, max_concurrent=capacity),
-                                                           scheduler=ASHAScheduler(max_t=_max_epochs(base, space), grace_period=2,
-                                                                                   reduction_factor=3)),
-                               run_config=tune.RunConfig(name=name, storage_path=str(s.home / "ray_results"), verbose=0,
-                                                         callbacks=[TrialProgress(base, num_samples)]))
+        tuner = make_tuner(trainable, base, space, num_samples, searcher, cpus_per_trial, job, resume)
         logger.info("searching %d configs of %s with %s; each trial's end is logged as it ends", num_samples, base.backbone, algorithm)
         with contextlib.redirect_stdout(sys.stderr): results = tuner.fit()  # Tune prints a table even at verbose=0; stdout is the caller's
         trials = trial_table(results, space, base)
         _close_child_runs(parent.info.run_id, experiment_id, set(trials.trial[trials.status == "failed"]))
         mlflow.log_text(trials.to_csv(index=False), "trials.csv")
         mlflow.log_metrics({"trials_failed": int((trials.status == "failed").sum()), "trials": len(trials)})
-        if trials.valid_loss.isna().all():
-            raise TuneError(f"all {len(trials)} trials failed; the first error: {trials.error.iloc[0]}")
-        best_row = trials.iloc[0]
-        best_config = TrainConfig.from_dict({**asdict(base), **{k: _plain(best_row[k]) for k in space}})
+        best_config, best = best_of(trials, base, space)
         mlflow.log_dict(asdict(best_config), "best_config.json")
         mlflow.log_params({f"best_{k}": v for k, v in asdict(best_config).items() if k in space})
-        mlflow.log_metrics({"best_valid_loss": float(best_row.valid_loss), "best_f1_score": float(best_row.f1_score)})
-        mlflow.set_tag("best_trial", best_row.trial)
+        mlflow.log_metrics({"best_valid_loss": best["valid_loss"], "best_f1_score": best["f1_score"]})
+        mlflow.set_tag("best_trial", best["trial"])
         config_path = atomic_write(output or job / "best_config.json", json.dumps(asdict(best_config), indent=2))
-    best = {"trial": best_row.trial, "valid_loss": float(best_row.valid_loss), "f1_score": float(best_row.f1_score)}
     return SearchResult(parent.info.run_id, best_config, best, trials, config_path)
-
-def _plain(value):
-    "A NumPy scalar from a data frame as the Python value a config holds."
-    return value.item() if hasattr(value, "item") else value
