@@ -14,7 +14,7 @@ export MWML_DATA_MIRROR := $(SHARED_MIRROR)
 endif
 endif
 
-.PHONY: help setup run serve test sync-check lint format bench bench-train bench-tune bench-evaluate bench-serve docs readme lab clean
+.PHONY: help setup run serve test sync-check lint format bench bench-train bench-tune bench-evaluate bench-serve bench-footprint docs readme lab clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-11s %s\n", $$1, $$2}'
@@ -32,11 +32,11 @@ $(STAMP): settings.ini setup.py pyproject.toml
 run: setup ## the main job on embedded defaults: fetch -> validate -> train -> evaluate -> behavioural tests -> register -> gate
 	$(BIN)/mwml pipeline
 
-serve: setup ## the HTTP API for the registry's champion on 127.0.0.1:8000 (Ray Serve, 2 replicas; run make run first)
-	$(BIN)/mwml serve --replicas 2
+serve: setup ## the HTTP API for the registry's champion on 127.0.0.1:8000 (uvicorn; REPLICAS=2 for Ray Serve; run make run first)
+	$(BIN)/mwml serve --replicas $(or $(REPLICAS),0)
 
 test: setup sync-check ## sync checks, notebook tests (nbdev_test), then pytest
-	$(BIN)/nbdev_test --n_workers 2 --timing
+	HF_HUB_DISABLE_PROGRESS_BARS=1 $(BIN)/nbdev_test --n_workers 2 --timing
 	$(BIN)/python -m pytest tests
 
 sync-check: setup ## notebooks clean, library and README in sync with the notebooks
@@ -53,24 +53,28 @@ format: setup ## ruff-format the hand-written Python, then clean, export and reg
 bench: setup ## measure the baseline (quality with interval, speed, size, memory) into benchmarks/results/
 	$(BIN)/python benchmarks/baseline.py
 
-bench-train: setup ## train the tagger in-process and on Ray Train x2, with intervals and times (about 8 min on 2 cores)
+bench-train: setup ## train the tagger in-process and on Ray Train x2, with intervals and times (GPU: benchmarks/train.py --device cuda)
 	$(BIN)/python benchmarks/train.py --workers 2
 
 bench-evaluate: setup ## evaluate baseline and calibrated MiniLM tagger: intervals, slices, calibration, pass rates (about 4 min)
 	$(BIN)/python benchmarks/evaluate.py
 
-bench-serve: setup ## in-process and HTTP latency/throughput: naive handler vs mwml serve (about 6 min; trains a tagger unless MODEL=folder)
-	cd benchmarks && ../$(BIN)/python serve.py $(if $(MODEL),--model $(MODEL))
+bench-serve: setup ## latency/throughput in-process and over HTTP: naive handler, uvicorn, Ray Serve (trains a tagger unless MODEL=...)
+	$(BIN)/python benchmarks/serve.py $(if $(MODEL),--model $(MODEL))
+
+bench-footprint: setup ## venv size; make setup and make test on a fresh clone, timed
+	$(BIN)/python benchmarks/footprint.py
 
 bench-tune: setup ## a 12-trial MiniLM search on 300 rows, then default vs best config on holdout (about 15 min on 2 cores)
 	$(BIN)/python benchmarks/tune.py --num-samples 12 --sample-size 300 --max-epochs 4
 
-readme: setup ## README.md from nbs/index.ipynb (without Quarto)
+readme: setup ## README.md from nbs/index.ipynb, its figures filled from benchmarks/results/*.json (without Quarto)
 	$(BIN)/python tools/readme.py
 
-docs: setup ## the Quarto site (needs Quarto; CI's docs workflow has it), else the README fallback
+docs: setup ## the Quarto site where Quarto is installed (the docs workflow), else every notebook as HTML in _docs/ (offline)
 	if command -v quarto >/dev/null; then $(BIN)/nbdev_docs; \
-	else echo "Quarto is not installed here: regenerating README.md only (the docs workflow builds the site)"; $(BIN)/python tools/readme.py; fi
+	else echo "Quarto is not installed here: rendering the notebooks to _docs/ (the docs workflow builds the Quarto site)"; \
+	$(BIN)/python tools/readme.py && $(BIN)/python tools/docs.py; fi
 
 lab: setup ## JupyterLab on 127.0.0.1 with the mwml kernel
 	$(BIN)/jupyter lab --ip 127.0.0.1 --notebook-dir nbs

@@ -13,18 +13,21 @@ import argparse
 import os
 import tempfile
 import time
+from pathlib import Path
 
-from common import machine, write_result
+from common import Benchmark, weights_sha256
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tagger", help="folder of a trained Tagger (default: train one)")
     args = parser.parse_args()
+    bench = Benchmark("evaluate", "torch", "transformers", "scikit-learn")
     os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{tempfile.mkdtemp()}/mlflow.db"
 
     from mwml.baseline import train_baseline
     from mwml.behavioral import run_suite
+    from mwml.config import get_settings
     from mwml.data import load
     from mwml.evaluate import evaluate
     from mwml.models import Tagger
@@ -35,7 +38,7 @@ def main():
     results = {}
     for name, model in models.items():
         start = time.perf_counter()
-        report, _ = evaluate(model, holdout)
+        report, _ = evaluate(model, holdout, seed=get_settings().seed)
         evaluated = time.perf_counter()
         suite = run_suite(model, holdout)
         results[name] = {
@@ -57,7 +60,12 @@ def main():
         for name, r in results.items()
     ]  # fmt: skip
     header = ("model", "holdout F1 (95% CI)", "macro F1", "mlops F1", "ECE", "MFT / INV / DIR", "evaluate + suite")
-    write_result("evaluate", {"machine": machine("torch", "transformers", "scikit-learn"), "models": results}, rows, header)
+    tagger = (
+        {"ref": args.tagger, "sha256": weights_sha256(Path(args.tagger))}
+        if args.tagger
+        else {"ref": "trained by this script (TrainConfig defaults)"}
+    )
+    bench.write({"tagger": tagger, "models": results}, rows, header)
 
 
 if __name__ == "__main__":

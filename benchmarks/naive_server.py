@@ -1,24 +1,23 @@
-"""The comparison point for benchmarks/serve.py: a naive per-request FastAPI + transformers handler.
+"""The comparison point for benchmarks/serve.py: a naive per-request FastAPI handler.
 
-Each request runs its own forward pass (no batching across requests), the way a first version of an
-ML endpoint usually looks. Run: MODEL_DIR=<tagger folder> uvicorn naive_server:app --port 8001
+Each request runs its own forward pass of the same `Predictor` that `mwml serve` uses (no batching across
+requests), the way a first version of an ML endpoint usually looks. Run:
+MWML_MODEL=<tagger folder or registry alias> uvicorn naive_server:app --port 8001
 """
 
 import os
 
 from fastapi import FastAPI
 
-from mwml.models import Tagger
+from mwml.predict import Predictor
 
 app = FastAPI()
-tagger = Tagger.load(os.environ["MODEL_DIR"])
+predictor = Predictor.load(os.environ["MWML_MODEL"])
 
 
 @app.post("/predict")
 def predict(body: dict) -> dict:
-    items = body["items"]
-    tags, probs = tagger.predict([i["title"] for i in items], [i.get("description", "") for i in items])
-    return {"predictions": [{"tag": t, "probabilities": dict(zip(tagger.labels.classes, map(float, p)))} for t, p in zip(tags, probs)]}
+    return {"predictions": predictor.predict(body["items"])}
 
 
 @app.get("/health")

@@ -1,15 +1,29 @@
-"""Measure online inference: in-process latency and batch throughput (with where the time goes:
-tokenisation vs model), then over HTTP on 127.0.0.1 at concurrency 1, 8 and 32 for (a) a naive
-per-request FastAPI + transformers handler, (b) `mwml serve` with uvicorn alone (asyncio
-micro-batching) and (c) `mwml serve` on Ray Serve (one replica, `serve.batch`). Prints a Markdown
-table; writes benchmarks/results/serve.json.
+"""Measure online inference: in-process latency and batch throughput (with where the time goes: tokenisation
+vs model, medians of 20 calls), then one-item requests over HTTP on 127.0.0.1 at concurrency 1, 8 and 32 for (a) a naive
+per-request FastAPI handler (benchmarks/naive_server.py), (b) `mwml serve --replicas 0` (uvicorn alone,
+asyncio micro-batching) and (c) `mwml serve --replicas 1` (Ray Serve, `serve.batch`).
 
-    .venv/bin/python benchmarks/serve.py --model FOLDER   # a saved Tagger; default: train one (about 3 min)
+Every server gets the same requests at every concurrency: a warm-up that is not counted, then `--repeats`
+runs of `--requests` requests each; the JSON keeps every run and the median and range over them. For the
+two `mwml serve` modes each run's batch-size histogram is read from `/metrics` (`mwml_batch_size`, the
+difference between before and after the run). Servers are driven only through the public CLI and HTTP.
+Prints a Markdown table; writes benchmarks/results/serve.json.
+
+    .venv/bin/python benchmarks/serve.py                  # trains the model first: TrainConfig defaults, seed 42 (~4 min)
+    .venv/bin/python benchmarks/serve.py --model FOLDER   # a saved Tagger, e.g. from benchmarks/train.py --output FOLDER
+    .venv/bin/python benchmarks/serve.py --model champion # the registry's champion that `make run` leaves
+
+The load generator runs on the same machine as the server and shares its cores.
 """
 
 import argparse
 import asyncio
+import contextlib
 import os
+import re
+import signal
+import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -17,26 +31,28 @@ import time
 from pathlib import Path
 
 import aiohttp
+import httpx
 import numpy as np
-from common import machine, write_result
+from common import Benchmark, weights_sha256
 
 HERE = Path(__file__).resolve().parent
 BIN = Path(sys.executable).parent
+BUCKET = re.compile(r'^mwml_batch_size_bucket\{le="([^"]+)"\}\s+(\S+)$', re.M)
 
 
 def percentiles(ms: list[float]) -> dict:
+    "p50 and p99 of latencies in ms."
     return {"p50_ms": float(np.percentile(ms, 50)), "p99_ms": float(np.percentile(ms, 99))}
 
 
-def in_process(folder: str, items: list[dict]) -> dict:
-    "Latency of one item, throughput at batch 64, and tokenisation vs model time, without HTTP."
+def in_process(ref: str, items: list[dict], repeats: int) -> dict:
+    "Latency of one item, throughput at batch 64 and tokenisation vs model time, without HTTP (medians of `repeats`)."
     import torch
 
     from mwml.predict import Predictor
 
-    predictor = Predictor.load(folder)
-    tagger = predictor.model
-    for item in items[:5]:
+    predictor = Predictor.load(ref)
+    for item in items[:10]:
         predictor.predict([item])  # warm up
     one = []
     for item in items[:200]:
@@ -44,121 +60,233 @@ def in_process(folder: str, items: list[dict]) -> dict:
         predictor.predict([item])
         one.append((time.perf_counter() - start) * 1000)
     batch = items[:64]
-    start = time.perf_counter()
-    for _ in range(5):
+    rates = []
+    for _ in range(repeats):
+        start = time.perf_counter()
         predictor.predict(batch)
-    batch_s = (time.perf_counter() - start) / 5
-    split = {}
-    for size in (1, 64):
-        texts = tagger.texts([i["title"] for i in items[:size]], [i["description"] for i in items[:size]])
-        t0 = time.perf_counter()
-        for _ in range(20):
+        rates.append(len(batch) / (time.perf_counter() - start))
+    out = {"one_item": percentiles(one), "batch64_items_per_s": spread(rates)}
+    tagger = predictor.model
+    if predictor.backend == "torch":
+        split = {}
+        for size in (1, 64):
+            texts = tagger.texts([i["title"] for i in items[:size]], [i["description"] for i in items[:size]])
             tokens = tagger.encode(texts)
-        t1 = time.perf_counter()
-        with torch.inference_mode():
-            for _ in range(20):
-                tagger.model(tokens)
-        t2 = time.perf_counter()
-        split[f"batch_{size}"] = {"tokenise_ms": (t1 - t0) / 20 * 1000, "model_ms": (t2 - t1) / 20 * 1000}
-    return {"one_item": percentiles(one), "batch64_items_per_s": 64 / batch_s, "time_split": split}
+            with torch.inference_mode():
+                model_ms = median_ms(lambda tokens=tokens: tagger.model(tokens), 20)
+            split[f"batch_{size}"] = {"tokenise_ms": median_ms(lambda texts=texts: tagger.encode(texts), 20), "model_ms": model_ms}
+        out["time_split"] = split
+    return out
 
 
-async def load(url: str, items: list[dict], n: int, concurrency: int, headers: dict) -> dict:
-    "Send `n` one-item requests with `concurrency` in flight; latency percentiles, throughput, errors."
-    latencies, errors, sem = [], 0, asyncio.Semaphore(concurrency)
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as session:
+def median_ms(fn, n: int) -> float:
+    "Median wall-clock milliseconds of `n` calls of `fn` (a median, so one stall on a shared machine does not count)."
+    times = []
+    for _ in range(n):
+        start = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - start) * 1000)
+    return statistics.median(times)
 
-        async def one(i):
-            nonlocal errors
+
+def spread(values: list[float]) -> dict:
+    "Median, min and max of repeated measurements, and the values themselves."
+    return {"median": statistics.median(values), "min": min(values), "max": max(values), "values": values}
+
+
+def batch_buckets(metrics_text: str) -> dict[str, float]:
+    "Cumulative `mwml_batch_size` histogram buckets (le -> count) from a Prometheus /metrics page; {} without one."
+    return {le: float(n) for le, n in BUCKET.findall(metrics_text)}
+
+
+def histogram_between(before: dict[str, float], after: dict[str, float]) -> dict | None:
+    "Forward passes per batch-size bucket (`<=1`, `<=2`, ...) between two readings, and how many in all; None without /metrics."
+    if not after:
+        return None
+    cum = {le: after[le] - before.get(le, 0.0) for le in after}
+    order = sorted(cum, key=lambda le: float(le))
+    counts, previous = {}, 0.0
+    for le in order:
+        label = "+Inf" if le == "+Inf" else f"<={float(le):g}"
+        counts[label], previous = int(round(cum[le] - previous)), cum[le]
+    return {"batches": int(round(cum[order[-1]])), "per_bucket": counts}
+
+
+async def metrics(session: aiohttp.ClientSession, base: str) -> dict[str, float]:
+    "The batch-size buckets a server reports now; {} if it has no /metrics."
+    try:
+        async with session.get(f"{base}/metrics") as r:
+            return batch_buckets(await r.text()) if r.status == 200 else {}
+    except aiohttp.ClientError:
+        return {}
+
+
+async def load(base: str, items: list[dict], n: int, concurrency: int, warmup: int, repeats: int) -> dict:
+    "Warm up with `warmup` requests, then `repeats` runs of `n` one-item requests with `concurrency` in flight."
+    sem = asyncio.Semaphore(concurrency)
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=120)) as session:
+
+        async def one(i, latencies, errors):
             async with sem:
                 start = time.perf_counter()
                 try:
-                    async with session.post(url, json={"items": [items[i % len(items)]]}, headers=headers) as r:
+                    async with session.post(f"{base}/predict", json={"items": [items[i % len(items)]]}) as r:
                         await r.read()
                         if r.status != 200:
-                            errors += 1
-                except aiohttp.ClientError:
-                    errors += 1
+                            errors.append(r.status)
+                except (TimeoutError, aiohttp.ClientError) as e:
+                    errors.append(type(e).__name__)
                 latencies.append((time.perf_counter() - start) * 1000)
 
-        await asyncio.gather(*[one(i) for i in range(min(concurrency * 2, n))])  # warm up
-        latencies.clear()
-        start = time.perf_counter()
-        await asyncio.gather(*[one(i) for i in range(n)])
-        seconds = time.perf_counter() - start
-    return {"requests": n, "concurrency": concurrency, "errors": errors, "items_per_s": n / seconds, **percentiles(latencies)}
+        await asyncio.gather(*[one(i, [], []) for i in range(warmup)])
+        runs = []
+        for rep in range(repeats):
+            latencies, errors = [], []
+            before = await metrics(session, base)
+            start = time.perf_counter()
+            await asyncio.gather(*[one(rep * n + i, latencies, errors) for i in range(n)])
+            seconds = time.perf_counter() - start
+            after = await metrics(session, base)
+            runs.append({"requests": n, "errors": len(errors), "error_kinds": sorted({str(e) for e in errors}),
+                         "seconds": seconds, "items_per_s": n / seconds, **percentiles(latencies),
+                         "batch_sizes": histogram_between(before, after)})  # fmt: skip
+    return {"concurrency": concurrency, "requests_per_run": n, "warmup_requests": warmup, "runs": runs,
+            **{k: spread([r[k] for r in runs]) for k in ("items_per_s", "p50_ms", "p99_ms")},
+            "errors": sum(r["errors"] for r in runs)}  # fmt: skip
 
 
-def start(cmd: list[str], port: int, env: dict, cwd: Path) -> subprocess.Popen:
-    proc = subprocess.Popen(cmd, env=env, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    import httpx
+def loadavg() -> list[float]:
+    "The 1, 5 and 15-minute load averages now."
+    return [round(x, 2) for x in os.getloadavg()]
 
-    deadline = time.monotonic() + 240
-    while time.monotonic() < deadline:
+
+def free_port() -> int:
+    "A TCP port nobody listens on now."
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start(cmd: list[str], port: int, env: dict, cwd: Path, log: Path) -> tuple[subprocess.Popen, float]:
+    "(the server process, seconds until /health answered 200)."
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(cmd, env=env, cwd=cwd, stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True)
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and proc.poll() is None:
         try:
             if httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200:
-                time.sleep(2)
-                return proc
+                return proc, time.perf_counter() - t0
         except httpx.HTTPError:
-            time.sleep(1)
-    proc.kill()
-    raise RuntimeError(f"{cmd} did not come up")
+            pass
+        time.sleep(0.5)
+    stop(proc)
+    raise RuntimeError(f"{' '.join(cmd)} did not come up; see {log}")
+
+
+def tree_rss_mib(pid: int) -> float | None:
+    "Resident memory of a process and all its descendants (Ray's too), MiB."
+    import psutil
+
+    try:
+        root = psutil.Process(pid)
+        procs = [root, *root.children(recursive=True)]
+    except psutil.Error:
+        return None
+    total = 0
+    for p in procs:
+        with contextlib.suppress(psutil.Error):
+            total += p.memory_info().rss
+    return total / 2**20
 
 
 def stop(proc: subprocess.Popen):
-    proc.terminate()
+    "SIGTERM (the servers shut down cleanly on it), then kill the whole process group if it lingers."
+    if proc.poll() is None:
+        proc.terminate()
     try:
-        proc.wait(60)
+        proc.wait(90)
     except subprocess.TimeoutExpired:
-        proc.kill()
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
+def trained_model(folder: Path) -> str:
+    "Train the tagger with TrainConfig's defaults (seed 42) into `folder`, tracked in a throw-away MLflow store."
+    os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{tempfile.mkdtemp()}/mlflow.db"
+    from mwml.train import TrainConfig, train
+
+    train(TrainConfig(), output=folder)
+    return str(folder)
+
+
+def row(name: str, by_c: dict) -> tuple[str, ...]:
+    "A table row: per concurrency, median p50 / p99 and median throughput (range)."
+    cells = []
+    for r in by_c.values():
+        t = r["items_per_s"]
+        cells.append(f"{r['p50_ms']['median']:.0f} / {r['p99_ms']['median']:.0f} ms, {t['median']:.0f}/s ({t['min']:.0f}–{t['max']:.0f})")
+    return (name, *cells)
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", help="folder of a saved Tagger (default: train one)")
-    parser.add_argument("--requests", type=int, default=2000, help="requests per mwml serve measurement at concurrency 32")
+    parser.add_argument("--model", help="what `mwml serve --model` takes: a Tagger folder, champion, a version (default: train one)")
+    parser.add_argument("--requests", type=int, default=256, help="requests per run, the same for every server and concurrency")
+    parser.add_argument("--repeats", type=int, default=3, help="runs per server and concurrency")
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32], help="requests in flight")
+    parser.add_argument("--replicas", type=int, default=1, help="Ray Serve replicas for the Ray Serve mode")
     args = parser.parse_args()
-    os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{tempfile.mkdtemp()}/mlflow.db"
+    bench = Benchmark("serve", "torch", "transformers", "fastapi", "uvicorn", "ray")
+    work = Path(tempfile.mkdtemp(prefix="mwml-bench-serve-"))
+
     from mwml.data import load as load_data
 
-    folder = args.model
-    if not folder:
-        from mwml.train import train
-
-        folder = str(Path(tempfile.mkdtemp()) / "tagger")
-        train(output=folder)
+    if args.model:
+        ref = str(Path(args.model).resolve()) if Path(args.model).exists() else args.model  # the naive server runs in benchmarks/
+        how = f"--model {args.model}"
+    else:
+        ref, how = trained_model(work / "tagger"), "trained by this script: TrainConfig defaults (seed 42) on dataset.csv"
     holdout = load_data("holdout")
     items = [{"title": t, "description": d} for t, d in zip(holdout.title, holdout.description)]
-    result = {"model": folder, "in_process": in_process(folder, items), "http": {}}
-
-    env = {**os.environ, "MODEL_DIR": folder, "MWML_HOME": tempfile.mkdtemp()}
+    result = {"model": {"ref": ref, "how": how}, "requests_per_run": args.requests, "repeats": args.repeats}
+    if Path(ref).is_dir():
+        result["model"]["sha256"] = weights_sha256(Path(ref))
+    env = {**os.environ, "MWML_MODEL": ref, "MWML_SERVE_PREDICTION_LOG": str(work / "predictions.db")}
+    env.pop("MWML_API_TOKEN", None)
+    mwml = [str(BIN / "mwml"), "serve", "--model", ref, "--port", "{port}", "--replicas"]
     servers = {
-        "naive FastAPI + transformers": ([str(BIN / "uvicorn"), "naive_server:app", "--port", "{port}", "--log-level", "warning"], HERE),
-        "mwml serve, uvicorn alone": ([str(BIN / "mwml"), "serve", "--model", folder, "--replicas", "0", "--port", "{port}"], HERE.parent),
-        "mwml serve, Ray Serve x1": ([str(BIN / "mwml"), "serve", "--model", folder, "--replicas", "1", "--port", "{port}"], HERE.parent),
+        "naive FastAPI handler": ([str(BIN / "uvicorn"), "naive_server:app", "--port", "{port}", "--log-level", "warning"], HERE),
+        "mwml serve --replicas 0 (uvicorn)": ([*mwml, "0"], HERE.parent),
+        f"mwml serve --replicas {args.replicas} (Ray Serve)": ([*mwml, str(args.replicas)], HERE.parent),
     }
-    for name, (cmd, cwd) in servers.items():
-        port = 8700 + len(result["http"])
-        proc = start([c.format(port=port) for c in cmd], port, env, cwd)
+    result["http"] = {}
+    for i, (name, (cmd, cwd)) in enumerate(servers.items()):
+        port = free_port()
+        before = loadavg()
+        proc, startup = start([c.format(port=port) for c in cmd], port, env, cwd, work / f"server{i}.log")
         try:
-            runs = {}
-            for concurrency in (1, 8, 32):
-                n = {1: 200, 8: 500}.get(concurrency, args.requests if name.startswith("mwml") else 500)
-                runs[str(concurrency)] = asyncio.run(load(f"http://127.0.0.1:{port}/predict", items, n, concurrency, {}))
-                print(name, concurrency, runs[str(concurrency)], flush=True)
-            result["http"][name] = runs
+            by_c = {}
+            for c in args.concurrency:
+                warmup = max(16, 2 * c)
+                by_c[str(c)] = asyncio.run(load(f"http://127.0.0.1:{port}", items, args.requests, c, warmup, args.repeats))
+                r = by_c[str(c)]
+                print(name, c, f"{r['items_per_s']['median']:.1f}/s p50 {r['p50_ms']['median']:.0f} ms errors {r['errors']}", flush=True)
+            command = " ".join([Path(cmd[0]).name, *cmd[1:]]).replace("{port}", "PORT")
+            result["http"][name] = {"command": command, "startup_seconds": startup, "rss_mib_after": tree_rss_mib(proc.pid),
+                                    "load_average": {"start": before, "end": loadavg()}, "by_concurrency": by_c}  # fmt: skip
         finally:
             stop(proc)
+    # in-process last, with no server left running: the model alone, to set the HTTP figures against
+    before = loadavg()
+    result["in_process"] = {**in_process(ref, items, args.repeats), "load_average": {"start": before, "end": loadavg()}}
+    print("in-process", result["in_process"], flush=True)
 
     ip = result["in_process"]
-    rows = [("in-process Predictor", f"1 item: p50 {ip['one_item']['p50_ms']:.1f} / p99 {ip['one_item']['p99_ms']:.1f} ms", "", "",
-             f"batch 64: {ip['batch64_items_per_s']:.0f} items/s")]  # fmt: skip
-    for name, runs in result["http"].items():
-        rows.append(
-            (name, *(f"{r['p50_ms']:.0f} / {r['p99_ms']:.0f} ms, {r['items_per_s']:.0f}/s, {r['errors']} err" for r in runs.values()), "")
-        )
-    header = ("server", "concurrency 1: p50 / p99, throughput", "concurrency 8", "concurrency 32", "")
-    write_result("serve", {"machine": machine("torch", "transformers", "fastapi", "uvicorn", "ray"), **result}, rows, header)
+    rows = [("in-process `Predictor`", f"1 item: p50 {ip['one_item']['p50_ms']:.1f} / p99 {ip['one_item']['p99_ms']:.1f} ms", "",
+             f"batch of 64: {ip['batch64_items_per_s']['median']:.0f} items/s")]  # fmt: skip
+    rows += [row(name, r["by_concurrency"]) for name, r in result["http"].items()]
+    header = ("server", *(f"concurrency {c}: p50 / p99, items/s (range)" for c in args.concurrency))
+    bench.write(result, rows, header)
 
 
 if __name__ == "__main__":

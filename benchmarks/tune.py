@@ -14,7 +14,7 @@ import tempfile
 import time
 from dataclasses import asdict
 
-from common import bootstrap_interval, machine, write_result
+from common import Benchmark, holdout_scores, interval
 
 
 def main():
@@ -23,10 +23,10 @@ def main():
     parser.add_argument("--sample-size", type=int, default=300, help="rows of dataset.csv the search tunes on")
     parser.add_argument("--max-epochs", type=int, default=4, help="most epochs (after the frozen one) a trial may run")
     args = parser.parse_args()
+    bench = Benchmark("tune", "torch", "ray", "optuna", "hyperopt", "mlflow")
     home = tempfile.mkdtemp()
     os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{home}/mlflow.db"
 
-    from mwml.baseline import classification_scores
     from mwml.config import get_settings
     from mwml.data import load
     from mwml.train import TrainConfig, train
@@ -47,11 +47,8 @@ def main():
     for name, config in (("default config", default), ("best trial's config", best)):
         start = time.perf_counter()
         result = train(config, settings=settings)
-        tags = result.tagger.predict(holdout.title, holdout.description)[0]
-        scores = classification_scores(holdout.tag.tolist(), tags)
-        judged[name] = {"seconds": time.perf_counter() - start, "f1": scores["f1"], "f1_ci95": bootstrap_interval(holdout.tag, tags),
-                        "precision": scores["precision"], "recall": scores["recall"], "f1_mlops": scores["per_class"]["mlops"]["f1"],
-                        "config": asdict(config)}  # fmt: skip
+        seconds = time.perf_counter() - start
+        judged[name] = {"seconds": seconds, "holdout": holdout_scores(result.tagger, holdout), "config": asdict(config)}
 
     best_values = {k: v for k, v in asdict(found.best_config).items() if k in space}
     rows = [
@@ -61,14 +58,15 @@ def main():
                  f"{(trials.status == 'stopped early').sum()} trials stopped early"),
         ("best trial", ", ".join(f"{k}={v:.2g}" if isinstance(v, float) else f"{k}={v}" for k, v in best_values.items())),
     ] + [
-        (f"holdout, {name}", "P {precision:.3f} / R {recall:.3f} / F1 {f1:.3f} (95% CI {lo:.3f} – {hi:.3f}), mlops F1 {f1_mlops:.3f}, "
-                             "trained in {seconds:.0f} s".format(lo=r["f1_ci95"][0], hi=r["f1_ci95"][1], **r))
+        (f"holdout, {name}", f"F1 {interval(r['holdout']['f1'])}, mlops F1 {interval(r['holdout']['f1_per_class']['mlops'])}, "
+                             f"trained in {r['seconds']:.0f} s")
         for name, r in judged.items()
     ]  # fmt: skip
-    result = {"machine": machine("torch", "ray", "optuna"), "search_seconds": search_seconds, "sample_size": args.sample_size,
-              "space": space, "trials": trials.drop(columns=["trial_id"]).to_dict("records"), "trial_epochs_run": ran,
+    result = {"search_seconds": search_seconds, "num_samples": args.num_samples, "sample_size": args.sample_size,
+              "max_epochs": args.max_epochs,
+              "space": space, "trials": trials.drop(columns=["trial_id"], errors="ignore").to_dict("records"), "trial_epochs_run": ran,
               "trial_epochs_if_run_to_end": planned, "best_config": asdict(found.best_config), "holdout": judged}  # fmt: skip
-    write_result("tune", result, rows, ("measure", "tuning"))
+    bench.write(result, rows, ("measure", "tuning"))
 
 
 if __name__ == "__main__":

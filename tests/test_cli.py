@@ -1,5 +1,5 @@
 """The command line as an interface: help everywhere without side effects, the version, settings errors in one line,
-documented exit codes, MWML_DEVICE honoured, and `--json` output scripts can consume."""
+MWML_DEVICE honoured. (`--json` and the refused exit code are tested with the registry, in test_registry_cli.py.)"""
 
 import json
 
@@ -76,38 +76,3 @@ def test_an_absent_gpu_is_refused_before_any_work_and_cpu_works(env, tmp_path):
     assert r.returncode == 0, r.stderr[-2000:]
     r = run_mwml("predict", "--title", "YOLO", "--model", tmp_path / "model", "--json", env={**env, "MWML_DEVICE": "cpu"})
     assert r.returncode == 0 and "probabilities" in json.loads(r.stdout), r.stderr
-
-
-def trained_baseline(env, c: float) -> str:
-    r = run_mwml("train", "--model", "baseline", "--C", c, env=env)
-    assert r.returncode == 0, r.stderr
-    [line] = [line for line in r.stdout.splitlines() if line.startswith("MLflow run ")]
-    return line.split()[2]
-
-
-def test_json_output_and_the_refused_exit_code(env):
-    good, weak = trained_baseline(env, 1.0), trained_baseline(env, 0.001)
-    assert run_mwml("register", good, env=env).returncode == 0
-    r = run_mwml("promote", "--json", env=env)
-    assert r.returncode == 0, r.stderr
-    first = json.loads(r.stdout)
-    assert first["promoted"] is True and first["reasons"] == [] and first["versions"]["challenger"] == "1"
-
-    assert run_mwml("register", weak, env=env).returncode == 0
-    r = run_mwml("promote", "--json", env=env)
-    assert r.returncode == 3, (r.returncode, r.stderr)  # refused: a decision, not an error
-    second = json.loads(r.stdout)
-    assert second["promoted"] is False and second["versions"] == {"challenger": "2", "champion": "1"}
-    assert second["reasons"], "a refusal names its reasons"
-
-    r = run_mwml("evaluate", "--model", "champion", "--json", env=env)
-    assert r.returncode == 0, r.stderr
-    report = json.loads(r.stdout)
-    f1 = report["overall"]["f1"]
-    assert report["n"] == 191 and f1["low"] <= f1["value"] <= f1["high"] and report["model"]["version"] == "1"
-
-    r = run_mwml("leaderboard", "--json", env=env)
-    assert r.returncode == 0, r.stderr
-    board = json.loads(r.stdout)
-    assert [row["version"] for row in board] == [1, 2] and board[0]["alias"] == "champion"
-    assert "evaluating every version" in r.stderr  # it says what it is doing, on stderr, away from the JSON

@@ -82,16 +82,19 @@ def test_register_promote_evaluate_and_refuse(env, tmp_path):
     # a weak challenger is refused with the reason, and champion does not move
     weak = trained_run(env, "--C", "0.001")
     assert run_mwml("register", weak, env=env).returncode == 0
-    r = run_mwml("promote", env=env)
-    assert r.returncode == EXIT_REFUSED and "refused: version 2 stays challenger" in r.stdout, r.stdout + r.stderr
-    assert "F1 of mlops drops" in r.stdout  # C=0.001 is still inside the F1 interval, but breaks mlops
+    r = run_mwml("promote", "--json", env=env)  # the decision as JSON for scripts; the exit code says "refused"
+    assert r.returncode == EXIT_REFUSED, r.stdout + r.stderr
+    decision = json.loads(r.stdout)
+    assert decision["promoted"] is False and decision["versions"] == {"challenger": "2", "champion": "1"}
+    assert any("F1 of mlops drops" in reason for reason in decision["reasons"])  # C=0.001 is inside the F1 interval, breaks mlops
     assert aliases(env) == {"champion": "1", "challenger": "2"}
 
     # evaluate the champion: a JSON report on disk and an MLflow run with the figures
     report_path = tmp_path / "eval.json"
-    r = run_mwml("evaluate", "--model", "champion", "--output", report_path, env=env)
+    r = run_mwml("evaluate", "--model", "champion", "--output", report_path, "--json", env=env)
     assert r.returncode == 0, r.stderr
     report = json.loads(report_path.read_text())
+    assert json.loads(r.stdout)["overall"] == report["overall"]  # --json prints the report it writes
     f1 = report["overall"]["f1"]
     assert f1["low"] < f1["value"] < f1["high"] and f1["value"] >= BASELINE_F1_LOW, f1
     assert report["model"]["version"] == "1" and report["n"] == 191
@@ -116,6 +119,10 @@ def test_register_promote_evaluate_and_refuse(env, tmp_path):
 
     r = run_mwml("leaderboard", env=env)
     assert r.returncode == 0 and re.search(r"^\s*1\s+champion\s+baseline", r.stdout, re.M), r.stdout
+    assert "evaluating every version" in r.stderr  # it says what it is doing, on stderr
+    r = run_mwml("leaderboard", "--json", env=env)
+    board = json.loads(r.stdout)
+    assert [row["version"] for row in board] == [1, 2] and board[0]["alias"] == "champion", board
 
 
 def test_bad_references_and_data_are_refused_and_leave_the_registry_alone(env, tmp_path):

@@ -1,28 +1,367 @@
-"""README.md from nbs/index.ipynb, without Quarto (which cannot be installed on the build machines).
+"""README.md from nbs/index.ipynb, without Quarto (which cannot be installed on the build machines), with every
+measured figure filled in from benchmarks/results/*.json.
 
-`python tools/readme.py` writes README.md; `python tools/readme.py --check` exits 1 when it is stale.
-Markdown cells are copied as they are; code cells become fenced blocks (nbdev directives dropped);
-cells marked `#| hide` are left out, as nbdev's own README export would.
+`python tools/readme.py` fills the figure blocks of nbs/index.ipynb and writes README.md;
+`python tools/readme.py --check` exits 1 when either is stale (a JSON changed, or the notebook did).
+
+A figure block in a markdown cell is `<!-- figures:NAME -->...<!-- /figures -->`: its content is replaced by
+what `FIGURES[NAME]` renders from the JSON files, so the prose around it and the figures can never drift
+apart. A block whose opening marker ends its line is a block (tables, paragraphs); otherwise it is inline.
+Markdown cells are copied as they are; code cells become fenced blocks (nbdev directives dropped); cells
+marked `#| hide` are left out, as nbdev's own README export would.
 """
 
 import argparse
+import json
+import re
+import statistics
 import sys
 from pathlib import Path
 
-import nbformat
+from execnb.nbio import nb2str, read_nb
 
 ROOT = Path(__file__).resolve().parent.parent
 HEADER = "<!-- Generated from nbs/index.ipynb by `make readme`: edit the notebook, not this file. -->\n\n"
+BLOCK = re.compile(r"<!-- figures:(?P<name>[\w-]+) -->(?P<body>.*?)<!-- /figures -->", re.S)
+
+
+class Results:
+    "The JSON files of benchmarks/results, read once each."
+
+    def __init__(self, folder: Path):
+        self.folder, self.cache = folder, {}
+
+    def __call__(self, name: str, required: bool = True) -> dict | None:
+        if name not in self.cache:
+            path = self.folder / f"{name}.json"
+            if not path.exists():
+                if required:
+                    sys.exit(f"readme: {path} is missing: run the benchmark that writes it (see benchmarks/)")
+                return None
+            self.cache[name] = json.loads(path.read_text())
+        return self.cache[name]
+
+
+# formatting helpers ---------------------------------------------------------------------------------------
+
+
+def ci(v: dict, digits: int = 3) -> str:
+    "`{value, low, high}` as `0.959 (0.929–0.985)`."
+    return f"{v['value']:.{digits}f} ({v['low']:.{digits}f}–{v['high']:.{digits}f})"
+
+
+def duration(seconds: float) -> str:
+    "Seconds as `45 s` or `3.2 min`."
+    return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.1f} min"
+
+
+def provenance(d: dict) -> str:
+    "Where, when, on what and under which load a JSON was measured, and the command that reproduces it."
+    m, load = d["machine"], d["load_average"]
+    gpu = f", {m['gpu']['name']} (driver {m['gpu']['driver']}, CUDA {m['gpu']['cuda']})" if m.get("gpu") else ""
+    sha = (d.get("git_sha") or "unknown")[:7] + (" plus uncommitted changes" if d.get("git_dirty") else "")
+    pins = "; stack differs from the pins: " + ", ".join(m["stack_vs_pins"]) if m.get("stack_vs_pins") else ""
+    return (f"<sub>`benchmarks/results/{d['benchmark']}.json`: `{d['command']}` on {d['started'][:10]}, {m['cpu']}, {m['cores']} cores, "
+            f"{m['ram_gib']:.0f} GiB RAM{gpu}, Python {m['python']}; 1-minute load average {load['start'][0]:.1f} at the start and "
+            f"{load['end'][0]:.1f} at the end (the machine is shared: a load above {m['cores']} means the run competed for the CPUs); "
+            f"git {sha}{pins}.</sub>")  # fmt: skip
+
+
+def table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> str:
+    "A Markdown table."
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows])
+
+
+# the figure blocks ----------------------------------------------------------------------------------------
+
+
+def train_time(r: Results) -> str:
+    "How long `make run` takes to fine-tune the tagger on the benchmark machine, and under what load (inline)."
+    d = r("train")
+    run = d["runs"]["tagger, in-process"]
+    load = run.get("load_average", d["load_average"])
+    busiest = max(load["start"][0], load["end"][0])
+    return f"{duration(run['seconds'])} on the {d['machine']['cores']}-core build machine at a 1-minute load average of up to {busiest:.1f}"
+
+
+def baseline_time(r: Results) -> str:
+    "How long the baseline takes to fit (inline)."
+    return f"{r('baseline')['fit_seconds_median']:.1f} s"
+
+
+def baseline_f1(r: Results) -> str:
+    "The baseline's holdout F1 with its interval and fit time (inline)."
+    d = r("baseline")
+    return f"weighted F1 {ci(d['holdout']['f1'])} on holdout after {d['fit_seconds_median']:.1f} s of training"
+
+
+def needs(r: Results) -> str:
+    "The memory training and serving took on the benchmark machine (inline, a sentence without its full stop)."
+    peak = r("train")["runs"]["tagger, in-process"]["peak_rss_mib"] / 1024
+    uv = _server(r("serve"), "mwml serve --replicas 0")
+    serving = f", and `mwml serve --replicas 0` held {uv['rss_mib_after'] / 1024:.1f} GiB while serving it (`serve.json`)" if uv else ""
+    return f"Training the tagger in-process peaked at {peak:.1f} GiB of resident memory (`train.json`){serving}"
+
+
+def train(r: Results) -> str:
+    "The training table (CPU; GPU when train_gpu.json exists) and what it shows."
+    d, gpu = r("train"), r("train_gpu", required=False)
+    names = {"baseline": "baseline (TF-IDF + linear SVM)", "tagger, in-process": "tagger (MiniLM, fastai), in-process"}
+    rows = []
+    for source, label in ((d, ""), (gpu, " on GPU")):
+        for name, run in (source or {}).get("runs", {}).items():
+            h = run["holdout"]
+            mlops, macro = ci(h["f1_per_class"]["mlops"]), ci(h["f1_macro"])
+            rows.append((names.get(name, name) + label, ci(h["f1"]), mlops, macro, f"{h['ece']:.3f}", duration(run["seconds"])))
+    out = [table(("model", "holdout weighted F1 (95% CI)", "mlops F1", "macro F1", "ECE", "wall clock"), rows), "", provenance(d)]
+    inproc = d["runs"]["tagger, in-process"]
+    name, ray = next(((k, v) for k, v in d["runs"].items() if k.startswith("tagger, Ray Train")), (None, None))
+    if ray:
+        same = ray["holdout"]["f1"]["low"] <= inproc["holdout"]["f1"]["value"] <= ray["holdout"]["f1"]["high"]
+        quality = "The two reach the same quality within the interval." if same else "Their quality differs by more than the interval."
+        loads = [f"{k.removeprefix('tagger, ')} {v['load_average']['start'][0]:.1f} → {v['load_average']['end'][0]:.1f}"
+                 for k, v in d["runs"].items() if "load_average" in v]  # fmt: skip
+        during = f" (1-minute load average during each: {', '.join(loads)})" if loads else ""
+        took = f"{name.removeprefix('tagger, ')} took {duration(ray['seconds'])} against {duration(inproc['seconds'])} in-process"
+        out += ["", f"{took}{during}. "
+                    f"On {d['machine']['cores']} cores the workers share the cores and exchange gradients over gloo every step, so data "
+                    "parallelism can only pay off with more cores or GPUs per worker; on a shared machine the difference in wall clock "
+                    f"mostly reflects the load while each ran. {quality}"]  # fmt: skip
+    out += ["", f"Not measured in this run: {'; '.join(d['notes'])}."] if d.get("notes") else []
+    out += ["", f"In-process training peaked at {inproc['peak_rss_mib'] / 1024:.1f} GiB of resident memory."]
+    if gpu:
+        out += ["", provenance(gpu)]
+    else:
+        out += ["", "No GPU figures are published until the script measures them: on a machine with a CUDA GPU, "
+                    "`.venv/bin/python benchmarks/train.py --device cuda` writes `benchmarks/results/train_gpu.json` (the GPU, "
+                    "its driver, the CUDA, torch and Python versions and where that stack differs from the pins in `settings.ini`), "
+                    "and `make readme` then adds its rows to this table."]  # fmt: skip
+    return "\n".join(out)
+
+
+def tune(r: Results) -> str:
+    "The tuning table and whether the best trial beat the default."
+    d = r("tune")
+    trials = d["trials"]
+    status = [t["status"] for t in trials]
+    ran, planned = d["trial_epochs_run"], d["trial_epochs_if_run_to_end"]
+    best = {k: v for k, v in d["best_config"].items() if k in d["space"]}
+    judged = d["holdout"]
+    rows = [("search", f"{len(trials)} trials ({status.count('failed')} failed) in {duration(d['search_seconds'])}, "
+                       f"{d['sample_size']} rows, MiniLM, Optuna TPE + ASHA"),
+            ("ASHA", f"{ran} trial-epochs run of {planned} had every trial run to the end ({1 - ran / planned:.0%} saved); "
+                     f"{status.count('stopped early')} trials stopped early"),
+            ("best trial", ", ".join(f"{k} {v:.2g}" if isinstance(v, float) else f"{k} {v}" for k, v in best.items()))]  # fmt: skip
+    for name, j in judged.items():
+        h = j["holdout"]
+        rows.append(
+            (f"holdout, {name}", f"F1 {ci(h['f1'])}, mlops F1 {ci(h['f1_per_class']['mlops'])}, trained in {duration(j['seconds'])}")
+        )
+    default, found = judged["default config"]["holdout"]["f1"], judged["best trial's config"]["holdout"]["f1"]
+    better = "better" if found["value"] > default["value"] else "no better"
+    inside = default["low"] <= found["value"] <= default["high"]
+    verdict = f"The best trial's config is {better} than the default on holdout, " + (
+        "and the difference is inside the interval: the default stays." if inside else "by more than the default's interval."
+    )
+    return "\n".join([table(("measure", "tuning"), rows), "", provenance(d), "", verdict])
+
+
+def evaluate(r: Results) -> str:
+    "What the promotion gate sees: intervals, ECE, behavioural pass rates, the tagger's errors and slices."
+    d = r("evaluate")
+    t = d["models"]["tagger"]
+    rows = []
+    for name, m in d["models"].items():
+        rates = " / ".join(f"{m['pass_rates'][k]:.2f}" for k in ("MFT", "INV", "DIR"))
+        rows.append((name, ci(m["overall"]["f1"]), ci(m["overall"]["f1_macro"]), ci(m["per_class"]["mlops"]), f"{m['ece']:.3f}", rates,
+                     f"{m['evaluate_seconds']:.1f} + {m['suite_seconds']:.1f} s"))  # fmt: skip
+    header = ("model", "holdout F1 (95% CI)", "macro F1", "mlops F1", "ECE", "MFT / INV / DIR pass rates", "evaluate + suite")
+    q, qb = t["quadrants"], d["models"]["baseline"]["quadrants"]
+    wrong, wrong_b = q["near miss"] + q["confidently wrong"], qb["near miss"] + qb["confidently wrong"]
+    supports = [s["support"] for s in t["slices"]]
+    threshold = f"{t['threshold']:.2f}" if t["threshold"] is not None else "none"
+    slices = ", ".join(f"{s['slice']} {s['f1']:.2f}" for s in t["slices"])
+    return "\n".join([
+        f"The tagger is calibrated on validation data: temperature {t['temperature']:.2f}, `other` threshold {threshold}.", "",
+        table(header, rows), "", provenance(d), "",
+        f"Of the tagger's {wrong} holdout errors, {q['confidently wrong']} are *confidently wrong* (loss above 1 nat) and "
+        f"{q['near miss']} near misses; the baseline's {wrong_b} errors are {qb['confidently wrong']} confidently wrong. "
+        f"The slices hold {min(supports)} to {max(supports)} projects each (tagger F1 {slices}): read them as examples, "
+        "not estimates."])  # fmt: skip
+
+
+def command(cmd: str, model: str) -> str:
+    "A server's command line as a reader would type it: no port, log level or model folder."
+    for noise in (" --port PORT", " --log-level warning", f" --model {model}"):
+        cmd = cmd.replace(noise, "")
+    return cmd
+
+
+def _server(d: dict, prefix: str) -> dict | None:
+    return next((v for k, v in d["http"].items() if k.startswith(prefix)), None)
+
+
+def _mean_batch(runs: list[dict]) -> float | None:
+    "Median over runs of the mean batch size (requests over forward passes) at one concurrency."
+    means = [r["requests"] / r["batch_sizes"]["batches"] for r in runs if r.get("batch_sizes") and r["batch_sizes"]["batches"]]
+    return statistics.median(means) if means else None
+
+
+def _rate(server: dict, c: str) -> float:
+    return server["by_concurrency"][c]["items_per_s"]["median"]
+
+
+def serve(r: Results) -> str:
+    "Latency and throughput in-process and over HTTP, per server and concurrency, and what they mean."
+    d = r("serve")
+    ip = d["in_process"]
+    cs = list(next(iter(d["http"].values()))["by_concurrency"])
+    header = ("server", *(f"concurrency {c}: p50 / p99, items/s (range over runs)" for c in cs))
+    one = ip["one_item"]
+    rows = [("in-process `Predictor`", f"1 item: {one['p50_ms']:.1f} / {one['p99_ms']:.1f} ms", *[""] * (len(cs) - 2),
+             f"batch of 64: {ip['batch64_items_per_s']['median']:.0f} items/s")]  # fmt: skip
+    for s in d["http"].values():
+        cells = [f"{b['p50_ms']['median']:.0f} / {b['p99_ms']['median']:.0f} ms, {b['items_per_s']['median']:.0f}/s "
+                 f"({b['items_per_s']['min']:.0f}–{b['items_per_s']['max']:.0f})" for b in s["by_concurrency"].values()]  # fmt: skip
+        rows.append((f"`{command(s['command'], d['model']['ref'])}`", *cells))
+    errors = sum(b["errors"] for s in d["http"].values() for b in s["by_concurrency"].values())
+    model = d["model"]["how"]
+    trained = (r("train", required=False) or {}).get("saved_tagger", {})
+    if d["model"].get("sha256") and d["model"]["sha256"] == trained.get("sha256"):
+        model = "the in-process tagger `benchmarks/train.py --output` saved (the same sha256 as in `train.json`)"
+    elif trained.get("folder") and d["model"]["ref"] == trained["folder"]:
+        model = f"the in-process tagger `benchmarks/train.py --output {trained['folder']}` saved"
+    first, top = cs[0], cs[-1]
+    naive, uv, ray = _server(d, "naive"), _server(d, "mwml serve --replicas 0"), _server(d, "mwml serve --replicas 1")
+    facts = []
+    if "time_split" in ip:
+        s1, s64 = ip["time_split"]["batch_1"], ip["time_split"]["batch_64"]
+        facts.append(f"tokenising one text takes {s1['tokenise_ms']:.1f} ms and the model {s1['model_ms']:.0f} ms (a batch of 64: "
+                     f"{s64['tokenise_ms']:.0f} ms and {s64['model_ms']:.0f} ms)")  # fmt: skip
+    if uv:
+        p50 = uv["by_concurrency"][first]["p50_ms"]["median"]
+        why = ("HTTP, validation and the prediction log add the difference" if p50 > one["p50_ms"] else
+               "measured at different moments of a shared machine's load, so the two cannot be subtracted")  # fmt: skip
+        facts.append(f"at concurrency {first} `mwml serve --replicas 0` answers in {p50:.0f} ms (p50) against {one['p50_ms']:.0f} ms "
+                     f"for the same model in-process ({why})")  # fmt: skip
+    if uv and naive:
+        facts.append(f"at concurrency {top} `mwml serve --replicas 0` (micro-batching) reaches {_rate(uv, top) / _rate(naive, top):.1f}x "
+                     "the naive handler's throughput")  # fmt: skip
+    if uv and ray:
+        ratio = _rate(uv, top) / _rate(ray, top)
+        facts.append(f"uvicorn alone serves {ratio:.1f}x the items per second of one Ray Serve replica at concurrency {top}"
+                     + (", which is why `make serve` uses it" if ratio > 1 else
+                        ": in this run Ray Serve was faster, so re-measure before trusting `make serve`'s default"))  # fmt: skip
+    batches = [f"{command(s['command'], d['model']['ref'])} {m:.1f}" for s in d["http"].values()
+               if (m := _mean_batch(s["by_concurrency"][top]["runs"])) is not None]  # fmt: skip
+    if batches:
+        facts.append(f"mean items per forward pass at concurrency {top} (read from `/metrics`, `mwml_batch_size`): " + ", ".join(batches))
+    starts = [
+        f"{name.split(' (')[0]} {s['startup_seconds']:.0f} s and {s['rss_mib_after'] / 1024:.1f} GiB" for name, s in d["http"].items()
+    ]
+    facts.append("start-up until `/health` answers, and resident memory of the server's processes after the runs: " + "; ".join(starts))
+    loads = [f"{name.split(' (')[0]} {s['load_average']['start'][0]:.1f} → {s['load_average']['end'][0]:.1f}"
+             for name, s in [*d["http"].items(), ("in-process", ip)] if "load_average" in s]  # fmt: skip
+    if loads:
+        facts.append("1-minute load average while each was measured: " + "; ".join(loads))
+    return "\n".join([table(header, rows), "", provenance(d), "",
+                      f"Every server got the same load: at each concurrency {d['repeats']} runs of {d['requests_per_run']} one-item "
+                      f"requests after an uncounted warm-up ({errors} errors in all); the model was {model}.", "",
+                      "On this machine " + "; ".join(facts) + "."])  # fmt: skip
+
+
+def baseline(r: Results) -> str:
+    "The baseline's quality, speed, size and memory."
+    d = r("baseline")
+    h = d["holdout"]
+    rows = [("holdout weighted precision / recall / F1", " / ".join(f"{h[m]['value']:.3f}" for m in ("precision", "recall", "f1"))),
+            ("holdout weighted F1, 95% bootstrap interval", ci(h["f1"])),
+            ("fit time (median)", f"{d['fit_seconds_median']:.2f} s on {d['n_train']} rows"),
+            ("latency, 1 item (p50 / p99)", "{p50:.1f} / {p99:.1f} ms".format(**d["latency_ms_1_item"])),
+            ("throughput, whole holdout in one batch", f"{d['throughput_items_per_s_batch']:.0f} items/s"),
+            ("model size", f"{d['model_bytes'] / 1e6:.1f} MB")]  # fmt: skip
+    width = (h["f1"]["high"] - h["f1"]["low"]) / 2
+    note = (f"With {h['n']} holdout rows an interval is about ±{width:.2f} wide: differences between models smaller than that are noise, "
+            f"which is why every headline figure comes with one (the one bootstrap of `mwml.evaluate`, {h['n_boot']} resamples, "
+            f"seed {h['seed']}).")  # fmt: skip
+    return "\n".join([table(("measure", "baseline"), rows), "", provenance(d), "", note])
+
+
+def footprint(r: Results) -> str:
+    "Disk, setup and test times (inline)."
+    d = r("footprint")
+    setup, test = d.get("setup_seconds"), d.get("test_seconds")
+    if setup and test:
+        times = f"`make setup` took {duration(setup)} on a fresh clone and `make test` {duration(test)}"
+    elif setup:
+        times = f"`make setup` took {duration(setup)} on a fresh clone (`make test` is not timed yet: `make bench-footprint`)"
+    else:
+        times = "`make setup` and `make test` are not timed yet (`make bench-footprint` times both on a fresh clone)"
+    load = max(d["load_average"]["start"][0], d["load_average"]["end"][0])
+    where = f"`footprint.json`, {d['machine']['cores']} cores, 1-minute load average up to {load:.1f}"
+    return f"the virtual environment takes {d['venv_gib']:.1f} GiB on disk; {times} ({where})"
+
+
+def flagged_cells(r: Results) -> str:
+    "Which notebook cells carry `#| slow` or `#| cuda` today (inline), read from nbs/*.ipynb so the sentence cannot drift."
+    found = {"slow": [], "cuda": []}
+    for nb in sorted((r.folder.parent.parent / "nbs").glob("*.ipynb")):
+        for cell in read_nb(nb).cells:
+            flags = set(_directives(cell.source)) if cell.cell_type == "code" else set()
+            for flag in found:
+                if flag in flags:
+                    found[flag].append(nb.stem)
+    parts = []
+    for flag, names in found.items():
+        where = ", ".join(n if names.count(n) == 1 else f"{n} ×{names.count(n)}" for n in dict.fromkeys(names))
+        if not names:
+            parts.append(f"no cell carries `#| {flag}`")
+        else:
+            parts.append(f"{len(names)} cell{' carries' if len(names) == 1 else 's carry'} `#| {flag}` ({where})")
+    return " and ".join(parts)
+
+
+FIGURES = {"flagged-cells": flagged_cells, "needs": needs, "train-time": train_time, "baseline-time": baseline_time,
+           "baseline-f1": baseline_f1, "train": train, "tune": tune, "evaluate": evaluate, "serve": serve, "baseline": baseline,
+           "footprint": footprint}  # fmt: skip
+
+
+# the notebook and the README --------------------------------------------------------------------------------
+
+
+def fill(text: str, results: Results) -> str:
+    "`text` with every figure block re-rendered from the JSON files."
+
+    def one(m: re.Match) -> str:
+        name = m["name"]
+        if name not in FIGURES:
+            sys.exit(f"readme: unknown figure block {name!r}; known: {', '.join(FIGURES)}")
+        body = FIGURES[name](results)
+        body = f"\n{body}\n" if m["body"].startswith("\n") else body
+        return f"<!-- figures:{name} -->{body}<!-- /figures -->"
+
+    return BLOCK.sub(one, text)
+
+
+def filled(notebook: Path, results: Results):
+    "(the notebook with its figure blocks filled, whether any block changed)."
+    nb, changed = read_nb(notebook), False
+    for cell in nb.cells:
+        if cell.cell_type == "markdown":
+            new = fill(cell.source, results)
+            changed, cell.source = changed or new != cell.source, new
+    return nb, changed
 
 
 def _directives(source: str) -> list[str]:
     return [line[3:].strip() for line in source.splitlines() if line.startswith("#|")]
 
 
-def render(notebook: Path) -> str:
-    "The README text for `notebook`."
+def render(nb) -> str:
+    "The README text for notebook `nb`."
     parts = []
-    for cell in nbformat.read(notebook, as_version=4).cells:
+    for cell in nb.cells:
         directives = _directives(cell.source)
         if any(d.startswith(("hide", "default_exp")) for d in directives):
             continue
@@ -32,21 +371,31 @@ def render(notebook: Path) -> str:
             code = "\n".join(line for line in cell.source.splitlines() if not line.startswith("#|"))
             parts.append(f"```python\n{code.strip()}\n```")
             texts = [o.get("text", "") for o in cell.get("outputs", []) if o.get("output_type") == "stream"]
-            if "".join(texts).strip():
-                parts.append("```\n" + "".join(texts).rstrip() + "\n```")
+            text = "".join("".join(t) if isinstance(t, list) else t for t in texts)
+            if text.strip():
+                parts.append("```\n" + text.rstrip() + "\n```")
     return HEADER + "\n\n".join(parts) + "\n"
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--check", action="store_true", help="exit 1 if README.md is not up to date")
+    parser.add_argument("--check", action="store_true", help="exit 1 if nbs/index.ipynb's figures or README.md are not up to date")
     parser.add_argument("--root", type=Path, default=ROOT, help="project folder")
     args = parser.parse_args()
-    readme, text = args.root / "README.md", render(args.root / "nbs" / "index.ipynb")
+    notebook, readme = args.root / "nbs" / "index.ipynb", args.root / "README.md"
+    nb, changed = filled(notebook, Results(args.root / "benchmarks" / "results"))
+    text = render(nb)
     if args.check:
-        return 0 if readme.exists() and readme.read_text() == text else 1
+        stale = (["nbs/index.ipynb (its figure blocks)"] if changed else []) + (
+            [] if readme.exists() and readme.read_text() == text else ["README.md"]
+        )
+        for what in stale:
+            print(f"readme: {what} is not what nbs/index.ipynb and benchmarks/results/*.json render to: run `make readme`", file=sys.stderr)
+        return 1 if stale else 0
+    if changed:
+        notebook.write_text(nb2str(nb))
     readme.write_text(text)
-    print(f"wrote {readme}")
+    print(f"wrote {notebook} (figure blocks) and {readme}")
     return 0
 
 
