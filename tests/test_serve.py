@@ -279,12 +279,16 @@ def metric(text: str, name: str) -> float:
     return value
 
 
-def test_mwml_serve_on_uvicorn_reloads_on_sighup_and_stops_on_ctrl_c(served):
+def serve_first_version(served, replicas: int):
+    "Promote the first version and start `mwml serve --replicas N` on a free port: (env, first, second, base URL, process)."
     env, first, second = served
     promote(env, first)
     port = free_port()
-    base = f"http://127.0.0.1:{port}"
-    server = start_mwml("serve", "--replicas", "0", "--port", port, env=env)
+    return env, first, second, f"http://127.0.0.1:{port}", start_mwml("serve", "--replicas", replicas, "--port", port, env=env)
+
+
+def test_mwml_serve_on_uvicorn_reloads_on_sighup_and_stops_on_ctrl_c(served):
+    env, first, second, base, server = serve_first_version(served, 0)
     try:
         wait_until_ready(server, base)
         assert httpx.get(f"{base}/model", headers=TOKEN).json()["version"] == first
@@ -308,11 +312,7 @@ def test_mwml_serve_on_uvicorn_reloads_on_sighup_and_stops_on_ctrl_c(served):
 
 
 def test_mwml_serve_on_ray_serve(served):
-    env, first, second = served
-    promote(env, first)
-    port = free_port()
-    base = f"http://127.0.0.1:{port}"
-    server = start_mwml("serve", "--replicas", "2", "--port", port, env=env)
+    env, first, second, base, server = serve_first_version(served, 2)
     try:
         wait_until_ready(server, base)
         assert_serves_the_champion(base, env)
