@@ -22,6 +22,8 @@ from pathlib import Path
 from packaging.requirements import Requirement
 from packaging.version import Version
 
+from mwml.config import git_sha
+
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 RESULTS = HERE / "results"
@@ -86,14 +88,9 @@ def stack_vs_pins() -> list[str]:
 
 
 def git_state() -> dict:
-    "The commit of the working tree and whether it had uncommitted changes."
-
-    def git(*args):
-        done = subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True)
-        return done.stdout.strip() if done.returncode == 0 else None
-
-    status = git("status", "--porcelain", "--untracked-files=no")
-    return {"git_sha": git("rev-parse", "HEAD"), "git_dirty": None if status is None else bool(status)}
+    "The commit of the working tree (`mwml.config.git_sha`) and whether it had uncommitted changes."
+    status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT, capture_output=True, text=True)
+    return {"git_sha": git_sha(ROOT), "git_dirty": bool(status.stdout.strip()) if status.returncode == 0 else None}
 
 
 def machine(*packages: str) -> dict:

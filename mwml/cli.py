@@ -32,8 +32,8 @@ __all__ = ['logger', 'EXIT_ERROR', 'EXIT_USAGE', 'EXIT_REFUSED', 'EXIT_BUG', 'ap
            'MODEL_HELP', 'JsonFlag', 'handle_errors', 'main_options', 'data_fetch', 'data_validate', 'data_split',
            'ModelKind', 'field_help', 'use_device', 'tagger_config', 'train', 'tune', 'echo_json', 'evaluate',
            'register', 'promote', 'leaderboard', 'test_model', 'predict', 'predict_file', 'serve',
-           'parse_parameter_args', 'report', 'check_data', 'train_models', 'trained_model', 'assess_models',
-           'register_and_gate', 'pipeline', 'main']
+           'parse_parameter_args', 'report', 'check_data', 'train_models', 'assess_models', 'register_and_gate',
+           'pipeline', 'main']
 
 # %% ../nbs/15_cli.ipynb #019913c4
 logger = logging.getLogger(__name__)
@@ -381,9 +381,8 @@ def serve(model: Annotated[str, typer.Option(help=MODEL_HELP, envvar="MWML_SERVE
         use_device(device)
         if replicas < 0: raise MwmlError("--replicas must be 0 (uvicorn alone) or more")
         config = ServeConfig.from_env(model=model, max_batch_size=max_batch_size, batch_wait_s=batch_wait_s)
-        from mwml.predict import Predictor
-        Predictor.load(model)  # fail here, with the reason, rather than in every replica
-        typer.echo(f"serving {model} on http://{host}:{port} ({replicas or 'no'} Ray Serve replicas); docs at /docs; Ctrl+C stops")
+        typer.echo(f"loading {model}, then serving it on http://{host}:{port} "
+                   f"({replicas or 'no'} Ray Serve replicas); docs at /docs; Ctrl+C stops")
         run_server(config, host, port, replicas)
 
 # %% ../nbs/15_cli.ipynb #274a9f8e
@@ -433,10 +432,6 @@ def train_models(config: Path | None,  # JSON file of tagger training config fie
         results["tagger"] = train_tagger(cfg, settings=settings)
     return results
 
-def trained_model(result):
-    "The model a training result holds, whichever kind."
-    return getattr(result, "tagger", None) or result.model
-
 # %% ../nbs/15_cli.ipynb #981ffd09
 def assess_models(models: dict,  # name -> trained model
                   holdout: pd.DataFrame,  # the labelled evaluation data
@@ -480,7 +475,7 @@ def pipeline(config: Annotated[Path | None, typer.Option(help="JSON file of tagg
         typer.echo("[3/6] train: baseline (TF-IDF word + char n-grams, calibrated linear SVM)" + (" and tagger" if tagger else ""))
         results = train_models(config, tagger, seed, s)
         typer.echo("[4/6] evaluate on holdout.csv (95% bootstrap intervals); [5/6] behavioural tests (MFT, INV, DIR)")
-        reports, rates = assess_models({name: trained_model(r) for name, r in results.items()}, load("holdout", s), s.seed)
+        reports, rates = assess_models({name: r.model for name, r in results.items()}, load("holdout", s), s.seed)
         typer.echo(pd.DataFrame({name: {m: _interval(v) for m, v in rep["overall"].items()} for name, rep in reports.items()}).to_string())
         for name, rep in reports.items():
             typer.echo(f"{name} F1 per class: " + ", ".join(f"{c['tag']} {c['f1']['value']:.3f}" for c in rep["per_class"]))

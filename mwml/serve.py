@@ -494,10 +494,11 @@ def reload_on_sighup(reload: Callable[[], object],  # loads the model anew and s
 def serve_uvicorn(config: ServeConfig,  # how to serve
                   host: str = "127.0.0.1",  # interface to bind
                   port: int = 8000,  # TCP port
+                  predictor: Predictor | None = None,  # the model, already loaded; None: load `config.model`
                   ):
     "Serve with uvicorn alone, in this process, until Ctrl+C or SIGTERM; SIGHUP reloads the model."
     import uvicorn
-    engine = Engine(config).load()
+    engine = Engine(config, predictor) if predictor is not None else Engine(config).load()
     logger.info("serving on http://%s:%d with uvicorn alone (replica %s); SIGHUP reloads the model", host, port, engine.replica)
     # uvicorn shuts down gracefully on Ctrl+C, then re-raises it for us: we are done
     with reload_on_sighup(engine.load), suppress(KeyboardInterrupt):
@@ -583,5 +584,6 @@ def run_server(config: ServeConfig,  # how to serve
                ):
     "Serve until interrupted: uvicorn alone when `replicas` is 0, else Ray Serve; SIGHUP reloads the model in both."
     if host not in LOCAL_HOSTS: logger.warning("binding %s: the API is reachable from the network", host)
-    if replicas == 0: return serve_uvicorn(config, host, port)
+    predictor = Predictor.load(config.model, device=None)  # a model that cannot load fails here, once, before any port is bound
+    if replicas == 0: return serve_uvicorn(config, host, port, predictor)
     return serve_ray(config, host, port, replicas)

@@ -314,6 +314,9 @@ class TrainResult:
     history: pd.DataFrame | None = None  # per-epoch losses and metrics
     tracking_uri: str = ""  # the MLflow store
 
+    @property
+    def model(self) -> Tagger: return self.tagger  # as `BaselineResult.model`, so callers need not ask which kind
+
 # %% ../nbs/04_train.ipynb #ef4d2fdc
 def score_tagger(tagger: Tagger,  # a trained tagger
                  **splits: pd.DataFrame,  # named frames of projects, e.g. `val=..., holdout=...`
