@@ -26,6 +26,7 @@ import uuid
 from collections.abc import Callable
 from contextlib import contextmanager, suppress
 from dataclasses import asdict, dataclass, field
+from functools import lru_cache
 from itertools import count
 from pathlib import Path
 from typing import Annotated, Literal
@@ -404,6 +405,7 @@ def add_probe_routes(app: FastAPI,  # the API
     return app
 
 # %% ../nbs/11_serve.ipynb #cb025462
+@lru_cache(maxsize=16)  # a run's logged metrics never change: read them once, not on every `/model`
 def holdout_metrics(run_id: str | None,  # the model's training run; None for a folder
                     ) -> dict:
     "The holdout metrics its training run logged (empty for a folder, or when the run cannot be read)."
