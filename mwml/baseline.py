@@ -25,7 +25,7 @@ from sklearn.svm import LinearSVC
 
 from . import __version__
 from .config import MwmlError, Settings, atomic_write, get_settings, set_seeds, use_mlflow
-from .data import DataError, LabelIndex, prepare, provenance_tags, sha256_bytes, split
+from .data import VALIDATION_ARTIFACT, DataError, LabelIndex, prepare, provenance_tags, sha256_bytes, split
 from .data import load as load_data  # `load` is `BaselineModel.load` here
 
 # %% auto #0
@@ -227,6 +227,7 @@ def train_baseline(config: BaselineConfig | None = None,  # model hyper-paramete
         train, val = split(load_data("dataset", s), val_size, config.seed)
         holdout = load_data("holdout", s)
         mlflow.log_params({"n_train": len(train), "n_val": len(val), "n_holdout": len(holdout)})
+        mlflow.log_text(val.to_csv(index=False), VALIDATION_ARTIFACT)
         model = BaselineModel(config).fit(train)
         scores = {name: classification_scores(part.tag, model.predict(part.title, part.description)[0], model.labels.classes)
                   for name, part in (("val", val), ("holdout", holdout))}

@@ -23,10 +23,11 @@ from sklearn.model_selection import train_test_split
 from .config import MwmlError, Settings, atomic_write, find_project_root, get_settings, git_sha
 
 # %% auto #0
-__all__ = ['logger', 'UPSTREAM_URL', 'TAGS', 'SOURCES', 'TITLE_MAX', 'DESCRIPTION_MAX', 'STOPWORDS', 'URL_PATTERN', 'DataError',
-           'FetchError', 'ChecksumError', 'Source', 'sha256_bytes', 'source_location', 'read_location', 'fetch',
-           'ValidationError', 'project_schema', 'read_projects', 'validate', 'load', 'provenance_tags', 'clean_text',
-           'prepare', 'split', 'LabelIndex', 'class_weights', 'resample']
+__all__ = ['logger', 'UPSTREAM_URL', 'TAGS', 'SOURCES', 'TITLE_MAX', 'DESCRIPTION_MAX', 'STOPWORDS', 'URL_PATTERN',
+           'VALIDATION_ARTIFACT', 'DataError', 'FetchError', 'ChecksumError', 'Source', 'sha256_bytes',
+           'source_location', 'read_location', 'fetch', 'ValidationError', 'project_schema', 'read_projects',
+           'validate', 'load', 'provenance_tags', 'clean_text', 'prepare', 'split', 'LabelIndex', 'class_weights',
+           'resample']
 
 # %% ../nbs/01_data.ipynb #7676d067
 logger = logging.getLogger(__name__)
@@ -249,6 +250,9 @@ def split(df: pd.DataFrame,  # labelled frame
         raise DataError(f"cannot stratify: tag(s) {', '.join(rare.index)} have fewer than 2 rows")
     train, val = train_test_split(df, test_size=val_size, stratify=df.tag, random_state=seed)
     return train.reset_index(drop=True), val.reset_index(drop=True)
+
+# %% ../nbs/01_data.ipynb #75528189
+VALIDATION_ARTIFACT = "data/validation.csv"  # where a training run logs its validation split
 
 # %% ../nbs/01_data.ipynb #12c6a19b
 @dataclass(frozen=True)

@@ -10,6 +10,7 @@ import logging
 import os
 import socket
 import tempfile
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from importlib.metadata import version
 from pathlib import Path
@@ -116,15 +117,17 @@ class TextClassifier(nn.Module):
         self.dropout = nn.Dropout(dropout)
         self.head = nn.Linear(encoder.config.hidden_size, num_classes)
 
-    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        "Logits for a `(batch, 2, length)` token tensor."
+    def pool(self, tokens: torch.Tensor) -> torch.Tensor:
+        "The pooled text embeddings `(batch, hidden)` of a `(batch, 2, length)` token tensor."
         ids, mask = tokens[:, 0], tokens[:, 1]
         hidden = self.encoder(input_ids=ids, attention_mask=mask).last_hidden_state
-        if self.pooling == "cls": pooled = hidden[:, 0]
-        else:
-            weights = mask.unsqueeze(-1).to(hidden.dtype)
-            pooled = (hidden * weights).sum(1) / weights.sum(1).clamp(min=1)
-        return self.head(self.dropout(pooled))
+        if self.pooling == "cls": return hidden[:, 0]
+        weights = mask.unsqueeze(-1).to(hidden.dtype)
+        return (hidden * weights).sum(1) / weights.sum(1).clamp(min=1)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        "Logits for a `(batch, 2, length)` token tensor."
+        return self.head(self.dropout(self.pool(tokens)))
 
 # %% ../nbs/03_models.ipynb #70191609
 @dataclass
@@ -167,6 +170,26 @@ class Tagger:
         "Token tensor of already-prepared `texts`."
         return tokenize(self.tokenizer, texts, self.config.max_length)
 
+# %% ../nbs/03_models.ipynb #ca07712f
+@patch
+def map_batches(self: Tagger,
+                titles,  # project titles
+                descriptions,  # their descriptions, one per title
+                fn: Callable[[torch.Tensor], torch.Tensor],  # token tensor -> `(batch, width)` values
+                width: int,  # columns `fn` returns
+                batch_size: int = 64,  # texts per forward pass
+                ) -> np.ndarray:
+    "`fn` over length-sorted batches of the texts in inference mode: one float32 row per text, in the caller's order."
+    self.model.eval()
+    device, texts = next(self.model.parameters()).device, self.texts(titles, descriptions)
+    order = np.argsort([len(t) for t in texts], kind="stable")
+    out = np.zeros((len(texts), width), dtype=np.float32)
+    with torch.inference_mode():
+        for i in range(0, len(texts), batch_size):
+            rows = order[i:i + batch_size]
+            out[rows] = fn(self.encode([texts[j] for j in rows]).to(device)).float().cpu().numpy()
+    return out
+
 # %% ../nbs/03_models.ipynb #b76ca698
 @patch
 def predict_proba(self: Tagger,
@@ -175,16 +198,18 @@ def predict_proba(self: Tagger,
                   batch_size: int = 64,  # texts per forward pass
                   ) -> np.ndarray:
     "Calibrated probabilities (the logits divided by the temperature), one column per tag of `self.labels`."
-    self.model.eval()
-    device, texts = next(self.model.parameters()).device, self.texts(titles, descriptions)
-    order = np.argsort([len(t) for t in texts], kind="stable")
-    probs = np.zeros((len(texts), len(self.labels)), dtype=np.float32)
-    with torch.inference_mode():
-        for i in range(0, len(texts), batch_size):
-            rows = order[i:i + batch_size]
-            logits = self.model(self.encode([texts[j] for j in rows]).to(device)).float()
-            probs[rows] = torch.softmax(logits / self.config.temperature, -1).cpu().numpy()
-    return probs
+    def probabilities(tokens): return torch.softmax(self.model(tokens).float() / self.config.temperature, -1)
+    return self.map_batches(titles, descriptions, probabilities, len(self.labels), batch_size)
+
+# %% ../nbs/03_models.ipynb #ebf396fe
+@patch
+def embed(self: Tagger,
+          titles,  # project titles
+          descriptions,  # their descriptions, one per title
+          batch_size: int = 64,  # texts per forward pass
+          ) -> np.ndarray:
+    "Pooled text embeddings `(n, hidden)`, the input of the classifier's head."
+    return self.map_batches(titles, descriptions, self.model.pool, self.model.head.in_features, batch_size)
 
 # %% ../nbs/03_models.ipynb #43c5884f
 @patch

@@ -16,21 +16,25 @@ from importlib.metadata import version
 from pathlib import Path
 
 import mlflow
+import numpy as np
 import pandas as pd
+from fastcore.basics import patch
 from mlflow.exceptions import MlflowException
 from mlflow.models import infer_signature
 
 from .baseline import META_FILE, BaselineModel
 from .behavioral import PASS_RATE_MINIMUMS, below_minimums, run_suite
 from .config import MwmlError, Settings, get_settings, use_mlflow
+from .data import VALIDATION_ARTIFACT, sha256_bytes
 from .evaluate import evaluate, evaluation_data
 from .models import TAGGER_FILE, Tagger, predict_tags
 
 # %% auto #0
 __all__ = ['logger', 'INPUT_EXAMPLE', 'PYFUNC_FILE', 'PYFUNC_SOURCE', 'PACKAGE_DIR', 'PYFUNC_REQUIREMENTS', 'RUN_MODEL_DIRS',
-           'ALIASES', 'RegistryError', 'load_model_folder', 'model_kind', 'predict_frame', 'MwmlPyfunc', 'package_code',
-           'pyfunc_requirements', 'resolve_model', 'load_model', 'register', 'GateRules', 'Decision', 'summary', 'gate',
-           'assess', 'promote', 'leaderboard']
+           'ALIASES', 'REFERENCE_DIR', 'PROFILE_FILES', 'RegistryError', 'load_model_folder', 'model_kind',
+           'predict_frame', 'MwmlPyfunc', 'package_code', 'pyfunc_requirements', 'resolve_model', 'load_model',
+           'Profile', 'profile_of', 'log_reference', 'load_reference', 'register', 'GateRules', 'Decision', 'summary',
+           'gate', 'assess', 'promote', 'leaderboard']
 
 # %% ../nbs/08_registry.ipynb #54eb5008
 logger = logging.getLogger(__name__)
@@ -161,6 +165,103 @@ def load_model(ref: str,  # see `resolve_model`
         model = load_model_folder(folder, device)
     return model, {**info, "kind": model_kind(model)}
 
+# %% ../nbs/08_registry.ipynb #62f62c4e
+REFERENCE_DIR = "reference"  # where a run keeps its model's reference profile
+
+@dataclass
+class Profile:
+    "What a model read and said on some projects: texts, true tags, predictions, probabilities and embeddings."
+    frame: pd.DataFrame  # `title`, `description`, `truth` (the true tag, or missing), `pred`, `confidence`
+    probs: np.ndarray  # (rows, classes) calibrated probabilities
+    embeddings: np.ndarray | None  # (rows, hidden) pooled embeddings of a Tagger; None for the baseline
+    classes: tuple[str, ...]  # the tags, in the order of `probs`' columns
+    meta: dict = field(default_factory=dict)  # where it came from: run, model kind, data sha256
+
+    def __len__(self): return len(self.frame)
+
+    def take(self, rows) -> Profile:
+        "The profile of the rows at positions `rows` (repeats allowed)."
+        rows = np.asarray(rows, dtype=int)
+        return Profile(self.frame.iloc[rows].reset_index(drop=True), self.probs[rows],
+                       None if self.embeddings is None else self.embeddings[rows], self.classes, self.meta)
+
+# %% ../nbs/08_registry.ipynb #09743ae7
+def profile_of(model: Tagger | BaselineModel,  # a trained model of either kind
+               projects: pd.DataFrame,  # `title`, `description` and, when known, the true `tag`
+               meta: dict | None = None,  # provenance to keep with it
+               ) -> Profile:
+    "The `Profile` of `model` on `projects`."
+    tags, probs = predict_tags(model, projects)
+    truth = projects["tag"].to_numpy() if "tag" in projects else np.full(len(projects), None)
+    frame = pd.DataFrame({"title": projects.title.to_numpy(), "description": projects.description.to_numpy(), "truth": truth,
+                          "pred": tags, "confidence": probs.max(1).astype(float) if len(probs) else np.zeros(0)})
+    embeddings = model.embed(projects.title, projects.description) if isinstance(model, Tagger) else None
+    return Profile(frame, probs, embeddings, model.labels.classes, meta or {})
+
+# %% ../nbs/08_registry.ipynb #12c57735
+PROFILE_FILES = {"frame": "profile.csv", "probs": "probs.npy", "embeddings": "embeddings.npy", "meta": "meta.json"}
+
+@patch
+def save(self: Profile,
+         folder: Path | str,  # where to write it (created)
+         ) -> Path:
+    "Write the profile's files into `folder`."
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    self.frame.to_csv(folder / PROFILE_FILES["frame"], index=False)
+    np.save(folder / PROFILE_FILES["probs"], self.probs)
+    if self.embeddings is not None: np.save(folder / PROFILE_FILES["embeddings"], self.embeddings)
+    (folder / PROFILE_FILES["meta"]).write_text(json.dumps({**self.meta, "classes": list(self.classes)}, indent=2))
+    return folder
+
+@patch(cls_method=True)
+def load(cls: Profile,
+         folder: Path | str,  # written by `Profile.save`
+         ) -> Profile:
+    "Read a profile saved with `Profile.save`."
+    folder = Path(folder)
+    meta = json.loads((folder / PROFILE_FILES["meta"]).read_text())
+    frame = pd.read_csv(folder / PROFILE_FILES["frame"], dtype={"title": str, "description": str, "truth": object, "pred": str},
+                        float_precision="round_trip")
+    embeddings = folder / PROFILE_FILES["embeddings"]
+    return cls(frame.fillna({"title": "", "description": ""}), np.load(folder / PROFILE_FILES["probs"], allow_pickle=False),
+               np.load(embeddings, allow_pickle=False) if embeddings.is_file() else None, tuple(meta.pop("classes")), meta)
+
+# %% ../nbs/08_registry.ipynb #a262f125
+def log_reference(run_id: str,  # the model's MLflow run
+                  model: Tagger | BaselineModel,  # the run's model
+                  projects: pd.DataFrame | None = None,  # labelled projects it did not fit; default the run's validation split
+                  source: str = "validation split",  # what `projects` are, for the record
+                  ) -> Profile:
+    "Profile `model` on its reference data and log the profile in run `run_id`."
+    client = mlflow.MlflowClient()
+    with tempfile.TemporaryDirectory() as d:
+        if projects is None:
+            try: projects = pd.read_csv(client.download_artifacts(run_id, VALIDATION_ARTIFACT, d), dtype={"tag": str})
+            except (MlflowException, OSError):
+                raise RegistryError(f"run {run_id} logged no validation split ({VALIDATION_ARTIFACT}): make the model's reference from "
+                                    "labelled projects it did not fit, e.g. `mwml reference --model VERSION --data holdout`") from None
+        tags = client.get_run(run_id).data.tags
+        meta = {"run_id": run_id, "kind": model_kind(model), "source": source, "rows": len(projects),
+                "sha256": sha256_bytes(projects[["title", "description", "tag"]].to_csv(index=False).encode()),
+                **{k: v for k, v in tags.items() if k.startswith("data.")}}
+        profile = profile_of(model, projects, meta)
+        client.log_artifacts(run_id, str(profile.save(Path(d) / REFERENCE_DIR)), REFERENCE_DIR)
+    logger.info("run %s: reference profile of %d rows (%s) logged", run_id, len(profile), source)
+    return profile
+
+# %% ../nbs/08_registry.ipynb #82d21560
+def load_reference(run_id: str,  # the model's MLflow run
+                   ) -> Profile:
+    "The reference profile logged in run `run_id`."
+    with tempfile.TemporaryDirectory() as d:
+        try: folder = mlflow.MlflowClient().download_artifacts(run_id, REFERENCE_DIR, d)
+        except (MlflowException, OSError): folder = None
+        if folder is None or not (Path(folder) / PROFILE_FILES["meta"]).is_file():
+            raise RegistryError(f"the model of run {run_id} has no reference profile (it was registered before mwml kept one): "
+                                "make one with `mwml reference --model VERSION --data holdout` (or any labelled CSV it did not fit)")
+        return Profile.load(folder)
+
 # %% ../nbs/08_registry.ipynb #bcb7f599
 def register(run_id: str,  # an MLflow run that logged a model (`mwml train`)
              alias: str | None = "challenger",  # alias the new version gets; None: none
@@ -180,7 +281,14 @@ def register(run_id: str,  # an MLflow run that logged a model (`mwml train`)
                                  signature=infer_signature(INPUT_EXAMPLE, output), input_example=INPUT_EXAMPLE,
                                  pip_requirements=pyfunc_requirements())
         client.log_artifacts(run_id, str(Path(d) / "pyfunc"), "pyfunc")
-    mv = mlflow.register_model(f"runs:/{run_id}/pyfunc", s.model_name, tags={"kind": model_kind(model), "run_id": run_id})
+    try:
+        log_reference(run_id, model)
+        has_reference = True
+    except RegistryError as e:  # registered all the same; `mwml monitor` says how to make the reference
+        logger.warning("%s", e)
+        has_reference = False
+    mv = mlflow.register_model(f"runs:/{run_id}/pyfunc", s.model_name,
+                               tags={"kind": model_kind(model), "run_id": run_id, "reference": str(has_reference).lower()})
     if alias: client.set_registered_model_alias(s.model_name, alias, mv.version)
     logger.info("registered run %s as %s version %s%s", run_id, s.model_name, mv.version, f" ({alias})" if alias else "")
     return mv

@@ -35,7 +35,8 @@ from sklearn.model_selection import train_test_split
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from .config import MwmlError, Settings, get_settings, init_ray, pick_device, set_seeds, use_mlflow
-from .data import DataError, LabelIndex, class_weights, load, provenance_tags, split
+from .data import (VALIDATION_ARTIFACT, DataError, LabelIndex, class_weights, load, provenance_tags, read_projects, sha256_bytes,
+                       split, validate)
 from .models import Tagger, TaggerConfig, calibrate, classification_scores, flat_metrics
 
 # %% auto #0
@@ -71,6 +72,7 @@ class TrainConfig:
     val_size: float = 0.2  # fraction of dataset.csv kept for validation
     sample_size: int | None = None  # use a stratified sample of dataset.csv of this many rows
     seed: int = 42  # seeds the split, the head's initialisation and the batch order
+    extra_data: str | None = None  # a labelled CSV (e.g. reviewed feedback, `mwml monitor --on-alert retrain`) added to dataset.csv
     device: str | None = None  # `auto`, `cuda`, `mps` or `cpu` for in-process training; None: the `MWML_DEVICE` setting
 
 # %% ../nbs/04_train.ipynb #1f8f79d9
@@ -110,6 +112,7 @@ def training_data(config: TrainConfig,  # `sample_size`, `val_size`, `seed`
     dataset = load("dataset", settings)
     if config.sample_size is not None and config.sample_size < len(dataset):
         dataset = train_test_split(dataset, train_size=config.sample_size, stratify=dataset.tag, random_state=config.seed)[0]
+    if config.extra_data: dataset = pd.concat([dataset, validate(read_projects(config.extra_data), name=config.extra_data)], ignore_index=True)
     train, val = split(dataset, config.val_size, config.seed)
     return train, val, load("holdout", settings)
 
@@ -329,6 +332,7 @@ def score_tagger(tagger: Tagger,  # a trained tagger
 def _start_tracking(config: TrainConfig, settings: Settings, extra: dict | None = None):
     "Log the config, the tags that trace a run to its code and data, and `config.json`."
     mlflow.set_tags({"model": "tagger", "backbone": config.backbone, **provenance_tags()})
+    if config.extra_data: mlflow.set_tag("data.extra.sha256", sha256_bytes(Path(config.extra_data).read_bytes()))
     mlflow.log_params({**asdict(config), **(extra or {})})
     mlflow.log_dict(asdict(config), "config.json")
 
@@ -342,6 +346,7 @@ def _finish_tracking(tagger: Tagger, val_df: pd.DataFrame, holdout: pd.DataFrame
     scores = score_tagger(tagger, val=val_df, holdout=holdout)
     for name, values in scores.items(): mlflow.log_metrics(flat_metrics(values, name))
     mlflow.log_dict(scores, "scores.json")
+    mlflow.log_text(val_df.to_csv(index=False), VALIDATION_ARTIFACT)
     with tempfile.TemporaryDirectory() as d: mlflow.log_artifacts(str(tagger.save(d)), "tagger")
     if output: tagger.save(output)
     return scores
