@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 from fastcore.basics import patch
 from mlflow.exceptions import MlflowException
-from mlflow.models import infer_signature
+from mlflow.models import Model, infer_signature
 
 from .baseline import META_FILE, BaselineModel
 from .behavioral import PASS_RATE_MINIMUMS, below_minimums, run_suite
@@ -151,7 +151,8 @@ def resolve_model(ref: str,  # a folder, a run id, an alias (`champion`, `name@a
         raise RegistryError(f"{ref!r} is not a model reference: give a folder, a run id (32 hex digits), an alias such as "
                             "`champion` or `name@champion`, or a version number")
     v = _model_version(client, name or s.model_name, alias)
-    folder = Path(mlflow.artifacts.download_artifacts(f"models:/{v.name}/{v.version}", dst_path=dest)) / "artifacts" / "model"
+    root = Path(mlflow.artifacts.download_artifacts(f"models:/{v.name}/{v.version}", dst_path=dest))
+    folder = root / Model.load(root / "MLmodel").flavors["python_function"]["artifacts"]["model"]["path"]  # artifacts/<its folder>
     return folder, {"ref": ref, "run_id": v.run_id, "name": v.name, "version": str(v.version)}
 
 # %% ../nbs/08_registry.ipynb #01281567

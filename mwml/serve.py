@@ -97,10 +97,11 @@ class PredictionLog:
             db.execute("INSERT OR REPLACE INTO feedback VALUES (?, ?, ?)", (prediction_id, tag, time.time()))
         return True
 
+    QUERY = "SELECT p.*, f.tag AS true_tag FROM predictions p LEFT JOIN feedback f ON f.prediction_id = p.id"  # with the feedback
+
     def read(self) -> pd.DataFrame:
         "Every prediction with its feedback tag (if any)."
-        with self._lock:
-            return pd.read_sql("SELECT p.*, f.tag AS true_tag FROM predictions p LEFT JOIN feedback f ON f.prediction_id = p.id", self._db)
+        with self._lock: return pd.read_sql(self.QUERY, self._db)
 
 # %% ../nbs/11_serve.ipynb #18bcaec8
 class MicroBatcher:
