@@ -28,16 +28,16 @@ from .config import MwmlError, atomic_write, find_project_root, get_settings, se
 from .data import SOURCES, fetch, load, read_projects, split, validate
 
 # %% auto #0
-__all__ = ['logger', 'EXIT_ERROR', 'EXIT_USAGE', 'EXIT_REFUSED', 'EXIT_BUG', 'app', 'data_app', 'TRAIN_HELP', 'DEVICE_HELP',
-           'MODEL_HELP', 'JsonFlag', 'handle_errors', 'main_options', 'data_fetch', 'data_validate', 'data_split',
-           'ModelKind', 'field_help', 'use_device', 'tagger_config', 'train', 'tune', 'echo_json', 'evaluate',
-           'register', 'promote', 'leaderboard', 'test_model', 'predict', 'predict_file', 'serve',
-           'parse_parameter_args', 'report', 'check_data', 'train_models', 'assess_models', 'register_and_gate',
-           'pipeline', 'main']
+__all__ = ['logger', 'EXIT_ERROR', 'EXIT_USAGE', 'EXIT_REFUSED', 'EXIT_ALERT', 'EXIT_BUG', 'app', 'data_app', 'TRAIN_HELP',
+           'DEVICE_HELP', 'MODEL_HELP', 'JsonFlag', 'handle_errors', 'main_options', 'data_fetch', 'data_validate',
+           'data_split', 'ModelKind', 'field_help', 'use_device', 'tagger_config', 'train', 'tune', 'echo_json',
+           'evaluate', 'register', 'promote', 'leaderboard', 'test_model', 'predict', 'predict_file', 'serve',
+           'OnAlert', 'monitor', 'reference', 'parse_parameter_args', 'report', 'check_data', 'train_models',
+           'assess_models', 'register_and_gate', 'pipeline', 'main']
 
 # %% ../nbs/15_cli.ipynb #019913c4
 logger = logging.getLogger(__name__)
-EXIT_ERROR, EXIT_USAGE, EXIT_REFUSED, EXIT_BUG = 1, 2, 3, 70
+EXIT_ERROR, EXIT_USAGE, EXIT_REFUSED, EXIT_ALERT, EXIT_BUG = 1, 2, 3, 4, 70
 
 app = typer.Typer(help="mwml tags ML projects as natural-language-processing, computer-vision, mlops or other.",
                   no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
@@ -384,6 +384,77 @@ def serve(model: Annotated[str, typer.Option(help=MODEL_HELP, envvar="MWML_SERVE
         typer.echo(f"loading {model}, then serving it on http://{host}:{port} "
                    f"({replicas or 'no'} Ray Serve replicas); docs at /docs; Ctrl+C stops")
         run_server(config, host, port, replicas)
+
+# %% ../nbs/15_cli.ipynb #1bb691db
+class OnAlert(str, Enum):
+    none = "none"
+    retrain = "retrain"
+
+def _echo_monitoring(run, paths: dict, mlflow_run: str, workspace: Path | None):
+    typer.echo(f"{run.model['kind']} {run.model['ref']} (version {run.model['version']}, run {run.model['run_id']}) "
+               f"against its reference ({run.reference.get('source')}, {run.reference.get('rows')} rows), log {run.log}")
+    if any(run.skipped_rows.values()): typer.echo("rows left out: " + ", ".join(f"{k} {v}" for k, v in run.skipped_rows.items()))
+    typer.echo(run.summary().to_string(index=False))
+    for w in run.windows:
+        for why in w.skipped: typer.echo(f"  {w.label}: not checked: {why}")
+    typer.echo(f"{len(run.alerts)} of {len(run.windows)} window(s) fired (alpha {run.rules.alpha} per window, {run.rules.correction})")
+    typer.echo("report: " + ", ".join(str(p) for p in paths.values()) + f"\nMLflow run {mlflow_run} (experiment monitoring)")
+    if workspace: typer.echo(f"Evidently workspace: {workspace} (evidently ui --workspace {workspace})")
+
+@app.command()
+def monitor(model: Annotated[str, typer.Option(help="a registry alias, version or run id (its run keeps the reference)")] = "champion",
+            log: Annotated[Path | None, typer.Option(help="the prediction log (default $MWML_HOME/predictions.db)")] = None,
+            window: Annotated[int, typer.Option(help="rows per window")] = 200,
+            every: Annotated[str | None, typer.Option(help="time windows instead of rows, e.g. 1h, 30min, 1D")] = None,
+            since: Annotated[str | None, typer.Option(help="only predictions logged at or after this time (ISO 8601)")] = None,
+            alpha: Annotated[float | None, typer.Option(help="false-alarm rate per window, all tests together (default 0.01)")] = None,
+            rules: Annotated[Path | None, typer.Option(help="JSON file of MonitorRules fields (alpha, min_rows, f1_drop, ...)")] = None,
+            reports: Annotated[Path | None, typer.Option(help="folder for the JSON and HTML reports (default $MWML_HOME/reports)")] = None,
+            evidently: Annotated[bool, typer.Option(help="run Evidently's text drift report on each window")] = True,
+            on_alert: Annotated[OnAlert, typer.Option(help="retrain: on an alert, retrain on the feedback labels and gate")] = OnAlert.none,
+            as_json: JsonFlag = False):
+    """Check the prediction log for input, prediction and concept drift and estimate performance without labels.
+
+    Exit code 0: no window fired; 4: a window fired (an alert); 1: an error."""
+    from mwml import monitor as m
+    with handle_errors():
+        s = get_settings()
+        run = m.monitor(model, log, window, every, since, m.read_rules(rules, alpha=alpha), evidently, s, progress=not as_json)
+        paths = m.write_report(run, reports or s.reports_dir)
+        mlflow_run = m.log_to_mlflow(run, s)
+        workspace = s.home / "evidently" if evidently else None
+        if workspace: m.add_to_workspace(run, workspace)
+        outcome = {}
+        if run.alerts and (url := os.environ.get("MWML_ALERT_WEBHOOK")):
+            outcome["alert_delivered"] = m.send_alert(m.alert_body(run, paths), url)
+        if run.alerts and on_alert == OnAlert.retrain:
+            data = m.feedback_dataset(m.read_log(run.log)[0], s.raw_dir)
+            version, decision = m.retrain(model, data, s)
+            outcome["retrained"] = {"version": str(version.version), "run_id": version.run_id, "data": str(data),
+                                    "promoted": decision.promote, "reasons": decision.reasons}
+        if as_json: echo_json({**run.to_dict(), "report": {k: str(v) for k, v in paths.items()}, "mlflow_run_id": mlflow_run, **outcome})
+        else:
+            _echo_monitoring(run, paths, mlflow_run, workspace)
+            if "alert_delivered" in outcome:
+                typer.echo("alert " + ("sent to MWML_ALERT_WEBHOOK" if outcome["alert_delivered"] else "NOT delivered (see the log)"))
+            if r := outcome.get("retrained"):
+                typer.echo(f"retrained on {r['data']}: version {r['version']} (challenger) "
+                           + ("promoted to champion" if r["promoted"] else "refused by the gate: " + "; ".join(r["reasons"])))
+    if run.alerts: raise typer.Exit(EXIT_ALERT)
+
+# %% ../nbs/15_cli.ipynb #05d50292
+@app.command()
+def reference(model: Annotated[str, typer.Option(help="a registry alias, version or run id")] = "champion",
+              data: Annotated[str, typer.Option(help="labelled projects the model did not fit: holdout or a CSV")] = "holdout"):
+    "Make (or replace) a model's monitoring reference profile from labelled projects it did not fit."
+    from mwml.evaluate import evaluation_data
+    from mwml.registry import load_model, log_reference
+    with handle_errors():
+        s = get_settings()
+        loaded, info = load_model(model, s)
+        if not info["run_id"]: raise MwmlError(f"{model} is a folder: a reference is kept in a model's MLflow run; register it first")
+        profile = log_reference(info["run_id"], loaded, evaluation_data(data, s), data)
+        typer.echo(f"reference of {model} (run {info['run_id']}): {len(profile)} rows of {data}, sha256 {profile.meta['sha256'][:12]}")
 
 # %% ../nbs/15_cli.ipynb #274a9f8e
 def parse_parameter_args(args: list[str],  # the extra command-line arguments

@@ -19,7 +19,6 @@ from pathlib import Path
 import mlflow
 import numpy as np
 import pandas as pd
-from evidently import DataDefinition, Dataset, Report
 from evidently.core.report import Snapshot
 from evidently.legacy.calculations import stattests
 from evidently.presets import DataDriftPreset
@@ -27,6 +26,7 @@ from evidently.ui.workspace import Workspace
 from fastprogress.fastprogress import progress_bar
 from scipy import stats
 
+from evidently import DataDefinition, Dataset, Report
 from .config import MwmlError, Settings, atomic_write, get_settings, use_mlflow
 from .data import prepare, sha256_bytes, validate
 from .evaluate import bootstrap_metrics, confusion_matrices, scores_from_confusion
@@ -459,6 +459,7 @@ def monitor(model: str = "champion",  # a registry alias, version or run id (its
             rules: MonitorRules | None = None,  # thresholds; default `MonitorRules()`
             evidently: bool = True,  # run Evidently's report on each window
             settings: Settings | None = None,  # default `get_settings()`
+            progress: bool = True,  # show a progress bar (on stdout)
             ) -> MonitorRun:
     "Check every window of `model`'s predictions in the log against its reference profile."
     s, rules = settings or get_settings(), rules or MonitorRules()
@@ -474,7 +475,8 @@ def monitor(model: str = "champion",  # a registry alias, version or run id (its
                            f"they come from run(s) {sorted(rows.model_run_id.unique())[:3]}: monitor one of those, or serve this model")
     windows = split_windows(mine, window, every)
     vocabulary = model_vocabulary(loaded) if evidently else None
-    reports = [check_window(reference, log_profile(loaded, w), rules, label, vocabulary) for label, w in progress_bar(windows, leave=False)]
+    shown = progress_bar(windows, leave=False) if progress else windows  # fastprogress writes to stdout even when told not to display
+    reports = [check_window(reference, log_profile(loaded, w), rules, label, vocabulary) for label, w in shown]
     for r in reports:
         if r.fired: logger.warning("window %s: %s (%s)", r.label, r.verdict, ", ".join(c.name for c in r.fired))
     return MonitorRun(info, reference.meta, rules, reports, str(path), {"corrupt": corrupt, "other models": len(rows) - len(mine)})
