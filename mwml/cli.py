@@ -422,7 +422,7 @@ def monitor(model: Annotated[str, typer.Option(help="a registry alias, version o
         run = m.monitor(model, log, window, every, since, m.read_rules(rules, alpha=alpha), evidently, s, progress=not as_json)
         paths = m.write_report(run, reports or s.reports_dir)
         mlflow_run = m.log_to_mlflow(run, s)
-        workspace = s.home / "evidently" if evidently else None
+        workspace = (reports or s.reports_dir) / "evidently-workspace" if evidently else None
         if workspace: m.add_to_workspace(run, workspace)
         outcome = {}
         if run.alerts and (url := os.environ.get("MWML_ALERT_WEBHOOK")):

@@ -198,10 +198,11 @@ def validate(df: pd.DataFrame,  # a frame from `read_projects`
     return df.assign(id=df.id.astype(int), created_on=pd.to_datetime(df.created_on, format="ISO8601"))
 
 # %% ../nbs/01_data.ipynb #60002c74
-def load(name: str,  # `dataset` or `holdout`
+def load(name: str,  # `dataset` or `holdout`, or the path of any labelled projects CSV
          settings: Settings | None = None,  # default `get_settings()`
          ) -> pd.DataFrame:
-    "Fetch, verify and validate a labelled data file."
+    "Fetch, verify and validate a labelled data file (a path is read as it is, then validated)."
+    if name not in SOURCES: return validate(read_projects(name), name=str(name))
     return validate(read_projects(fetch(name, settings=settings)), name=SOURCES[name].file)
 
 # %% ../nbs/01_data.ipynb #b4e51a75

@@ -19,6 +19,7 @@ from pathlib import Path
 import mlflow
 import numpy as np
 import pandas as pd
+from evidently import DataDefinition, Dataset, Report
 from evidently.core.report import Snapshot
 from evidently.legacy.calculations import stattests
 from evidently.presets import DataDriftPreset
@@ -26,7 +27,6 @@ from evidently.ui.workspace import Workspace
 from fastprogress.fastprogress import progress_bar
 from scipy import stats
 
-from evidently import DataDefinition, Dataset, Report
 from .config import MwmlError, Settings, atomic_write, get_settings, use_mlflow
 from .data import prepare, sha256_bytes, validate
 from .evaluate import bootstrap_metrics, confusion_matrices, scores_from_confusion

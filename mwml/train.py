@@ -35,18 +35,7 @@ from sklearn.model_selection import train_test_split
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from .config import MwmlError, Settings, get_settings, init_ray, pick_device, set_seeds, use_mlflow
-from mwml.data import (
-    VALIDATION_ARTIFACT,
-    DataError,
-    LabelIndex,
-    class_weights,
-    load,
-    provenance_tags,
-    read_projects,
-    sha256_bytes,
-    split,
-    validate,
-)
+from .data import VALIDATION_ARTIFACT, DataError, LabelIndex, class_weights, load, provenance_tags, sha256_bytes, split
 from .models import Tagger, TaggerConfig, calibrate, classification_scores, flat_metrics
 
 # %% auto #0
@@ -123,7 +112,7 @@ def training_data(config: TrainConfig,  # `sample_size`, `val_size`, `seed`
     if config.sample_size is not None and config.sample_size < len(dataset):
         dataset = train_test_split(dataset, train_size=config.sample_size, stratify=dataset.tag, random_state=config.seed)[0]
     if config.extra_data:
-        dataset = pd.concat([dataset, validate(read_projects(config.extra_data), name=config.extra_data)], ignore_index=True)
+        dataset = pd.concat([dataset, load(config.extra_data)], ignore_index=True)
     train, val = split(dataset, config.val_size, config.seed)
     return train, val, load("holdout", settings)
 
