@@ -12,7 +12,7 @@ import logging
 import os
 import subprocess
 import sys
-from contextlib import contextmanager
+from contextlib import contextmanager, redirect_stdout
 from dataclasses import asdict
 from datetime import datetime
 from enum import Enum
@@ -407,6 +407,7 @@ def monitor(model: Annotated[str, typer.Option(help="a registry alias, version o
             window: Annotated[int, typer.Option(help="rows per window")] = 200,
             every: Annotated[str | None, typer.Option(help="time windows instead of rows, e.g. 1h, 30min, 1D")] = None,
             since: Annotated[str | None, typer.Option(help="only predictions logged at or after this time (ISO 8601)")] = None,
+            until: Annotated[str | None, typer.Option(help="only predictions logged before this time (ISO 8601)")] = None,
             alpha: Annotated[float | None, typer.Option(help="false-alarm rate per window, all tests together (default 0.01)")] = None,
             rules: Annotated[Path | None, typer.Option(help="JSON file of MonitorRules fields (alpha, min_rows, f1_drop, ...)")] = None,
             reports: Annotated[Path | None, typer.Option(help="folder for the JSON and HTML reports (default $MWML_HOME/reports)")] = None,
@@ -419,7 +420,7 @@ def monitor(model: Annotated[str, typer.Option(help="a registry alias, version o
     from mwml import monitor as m
     with handle_errors():
         s = get_settings()
-        run = m.monitor(model, log, window, every, since, m.read_rules(rules, alpha=alpha), evidently, s, progress=not as_json)
+        run = m.monitor(model, log, window, every, since, until, m.read_rules(rules, alpha=alpha), evidently, s, progress=not as_json)
         paths = m.write_report(run, reports or s.reports_dir)
         mlflow_run = m.log_to_mlflow(run, s)
         workspace = (reports or s.reports_dir) / "evidently-workspace" if evidently else None
@@ -429,7 +430,8 @@ def monitor(model: Annotated[str, typer.Option(help="a registry alias, version o
             outcome["alert_delivered"] = m.send_alert(m.alert_body(run, paths), url)
         if run.alerts and on_alert == OnAlert.retrain:
             data = m.feedback_dataset(m.read_log(run.log)[0], s.raw_dir)
-            version, decision = m.retrain(model, data, s)
+            with redirect_stdout(sys.stderr if as_json else sys.stdout):  # fastai's progress must not break the JSON
+                version, decision = m.retrain(model, data, s)
             outcome["retrained"] = {"version": str(version.version), "run_id": version.run_id, "data": str(data),
                                     "promoted": decision.promote, "reasons": decision.reasons}
         if as_json: echo_json({**run.to_dict(), "report": {k: str(v) for k, v in paths.items()}, "mlflow_run_id": mlflow_run, **outcome})

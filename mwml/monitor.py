@@ -39,9 +39,9 @@ __all__ = ['logger', 'CORRECTIONS', 'GROUPS', 'TOKEN', 'LETTER', 'DESCRIPTORS', 
            'FEEDBACK_ID_BASE', 'MonitorError', 'MonitorRules', 'read_rules', 'Check', 'correct', 'mmd_test',
            'tag_shift_test', 'confidence_shift_test', 'estimate_performance', 'shortfall_test', 'model_vocabulary',
            'text_descriptors', 'drift_report', 'column_results', 'WindowReport', 'input_checks', 'embedding_checks',
-           'prediction_checks', 'class_ids', 'performance_checks', 'check_window', 'read_log', 'split_windows',
-           'log_profile', 'MonitorRun', 'monitor', 'plot_monitoring', 'write_report', 'window_metrics', 'log_to_mlflow',
-           'add_to_workspace', 'alert_body', 'send_alert', 'feedback_dataset', 'retrain']
+           'prediction_checks', 'class_ids', 'performance_checks', 'check_window', 'utc_time', 'read_log',
+           'split_windows', 'log_profile', 'MonitorRun', 'monitor', 'plot_monitoring', 'write_report', 'window_metrics',
+           'log_to_mlflow', 'add_to_workspace', 'alert_body', 'send_alert', 'feedback_dataset', 'retrain']
 
 # %% ../nbs/13_monitor.ipynb #0c3b0d99
 logger = logging.getLogger(__name__)
@@ -368,9 +368,19 @@ def check_window(reference: Profile,  # the model's reference profile
         check.fired, check.level = fired, level
     return report
 
+# %% ../nbs/13_monitor.ipynb #21aa3cf2
+def utc_time(text: str,  # ISO 8601, e.g. `2026-11-29T06:00` (UTC unless it names a zone)
+             option: str = "time",  # the option it came from, for the message
+             ) -> pd.Timestamp:
+    "`text` as a UTC timestamp."
+    try: stamp = pd.Timestamp(text)
+    except ValueError: raise MonitorError(f"{option} {text!r} is not a time: give ISO 8601, e.g. 2026-11-29T06:00") from None
+    return stamp.tz_localize("UTC") if stamp.tzinfo is None else stamp.tz_convert("UTC")
+
 # %% ../nbs/13_monitor.ipynb #350f91a1
 def read_log(path: Path | str,  # the SQLite prediction log `mwml serve` writes
              since: str | None = None,  # only rows logged at or after this time (ISO 8601, UTC unless it says)
+             until: str | None = None,  # only rows logged before this time
              ) -> tuple[pd.DataFrame, int]:
     "(readable rows sorted by time, with parsed `probabilities` and a UTC `time`; the number of corrupt rows skipped)."
     path = Path(path)
@@ -388,10 +398,8 @@ def read_log(path: Path | str,  # the SQLite prediction log `mwml serve` writes
     if corrupt := int((~readable).sum()):
         logger.warning("%s: skipped %d corrupt row(s), e.g. id %s", path, corrupt, rows.id[~readable].iloc[0])
     rows = rows[readable].assign(time=lambda f: pd.to_datetime(f.time, unit="s", utc=True))
-    if since:
-        try: start = pd.Timestamp(since)
-        except ValueError: raise MonitorError(f"--since {since!r} is not a time: give ISO 8601, e.g. 2026-11-29T06:00") from None
-        rows = rows[rows.time >= (start.tz_localize("UTC") if start.tzinfo is None else start)]
+    if since: rows = rows[rows.time >= utc_time(since, "--since")]
+    if until: rows = rows[rows.time < utc_time(until, "--until")]
     return rows.sort_values("time", kind="stable").reset_index(drop=True), corrupt
 
 # %% ../nbs/13_monitor.ipynb #2e92a973
@@ -456,6 +464,7 @@ def monitor(model: str = "champion",  # a registry alias, version or run id (its
             window: int = 200,  # rows per window
             every: str | None = None,  # time windows instead, e.g. `1h`
             since: str | None = None,  # only rows logged at or after this time
+            until: str | None = None,  # only rows logged before this time
             rules: MonitorRules | None = None,  # thresholds; default `MonitorRules()`
             evidently: bool = True,  # run Evidently's report on each window
             settings: Settings | None = None,  # default `get_settings()`
@@ -468,7 +477,7 @@ def monitor(model: str = "champion",  # a registry alias, version or run id (its
         raise MonitorError(f"{model} is a folder: monitoring needs a registered model or a run id, whose MLflow run keeps its reference")
     reference = load_reference(info["run_id"])
     path = Path(log) if log else s.home / "predictions.db"
-    rows, corrupt = read_log(path, since)
+    rows, corrupt = read_log(path, since, until)
     mine = rows[rows.model_run_id == info["run_id"]]
     if mine.empty and not rows.empty:
         raise MonitorError(f"{path} has {len(rows)} predictions but none by {model} (run {info['run_id']}); "
