@@ -14,7 +14,7 @@ export MWML_DATA_MIRROR := $(SHARED_MIRROR)
 endif
 endif
 
-.PHONY: help setup run serve test sync-check lint format bench bench-train bench-tune bench-evaluate bench-serve bench-footprint docs readme lab clean
+.PHONY: help setup run serve monitor test sync-check lint format bench bench-train bench-tune bench-evaluate bench-serve bench-monitor bench-footprint docs readme lab clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-11s %s\n", $$1, $$2}'
@@ -34,6 +34,9 @@ run: setup ## the main job on embedded defaults: fetch -> validate -> train -> e
 
 serve: setup ## the HTTP API for the registry's champion on 127.0.0.1:8000 (uvicorn; REPLICAS=2 for Ray Serve; run make run first)
 	$(BIN)/mwml serve --replicas $(or $(REPLICAS),0)
+
+monitor: setup ## check the served champion's prediction log for drift: report in reports/, exit 4 on an alert (WINDOW=200)
+	$(BIN)/mwml monitor --window $(or $(WINDOW),200)
 
 test: setup sync-check ## sync checks, notebook tests (nbdev_test), then pytest
 	HF_HUB_DISABLE_PROGRESS_BARS=1 $(BIN)/nbdev_test --n_workers 2 --timing
@@ -61,6 +64,9 @@ bench-evaluate: setup ## evaluate baseline and calibrated MiniLM tagger: interva
 
 bench-serve: setup ## latency/throughput in-process and over HTTP: naive handler, uvicorn, Ray Serve (trains a tagger unless MODEL=...)
 	$(BIN)/python benchmarks/serve.py $(if $(MODEL),--model $(MODEL))
+
+bench-monitor: setup ## drift detection, false alarms and label-free F1 error over simulated shifts (trains a MiniLM tagger unless MODEL=...)
+	$(BIN)/python benchmarks/monitor.py $(if $(MODEL),--model $(MODEL))
 
 bench-footprint: setup ## venv size; make setup and make test on a fresh clone, timed
 	$(BIN)/python benchmarks/footprint.py

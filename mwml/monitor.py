@@ -32,7 +32,7 @@ from .data import prepare, sha256_bytes, validate
 from .evaluate import bootstrap_metrics, confusion_matrices, scores_from_confusion
 from .models import Tagger
 from .registry import Profile, load_model, load_reference
-from .serve import PredictionLog
+from .serve import PredictionLog, ServeConfig
 
 # %% auto #0
 __all__ = ['logger', 'CORRECTIONS', 'GROUPS', 'TOKEN', 'LETTER', 'DESCRIPTORS', 'P_VALUE_METHODS', 'MONITORING_EXPERIMENT',
@@ -460,7 +460,7 @@ class MonitorRun:
 
 # %% ../nbs/13_monitor.ipynb #6cb072b3
 def monitor(model: str = "champion",  # a registry alias, version or run id (its run keeps the reference)
-            log: Path | str | None = None,  # the prediction log; default `$MWML_HOME/predictions.db`
+            log: Path | str | None = None,  # the prediction log; default the server's (`MWML_SERVE_PREDICTION_LOG`)
             window: int = 200,  # rows per window
             every: str | None = None,  # time windows instead, e.g. `1h`
             since: str | None = None,  # only rows logged at or after this time
@@ -476,7 +476,7 @@ def monitor(model: str = "champion",  # a registry alias, version or run id (its
     if not info["run_id"]:
         raise MonitorError(f"{model} is a folder: monitoring needs a registered model or a run id, whose MLflow run keeps its reference")
     reference = load_reference(info["run_id"])
-    path = Path(log) if log else s.home / "predictions.db"
+    path = Path(log or ServeConfig.from_env(prediction_log=None).prediction_log)  # where `mwml serve` writes
     rows, corrupt = read_log(path, since, until)
     mine = rows[rows.model_run_id == info["run_id"]]
     if mine.empty and not rows.empty:
