@@ -35,13 +35,14 @@ from .registry import Profile, load_model, load_reference
 from .serve import PredictionLog, ServeConfig
 
 # %% auto #0
-__all__ = ['logger', 'CORRECTIONS', 'GROUPS', 'TOKEN', 'LETTER', 'DESCRIPTORS', 'P_VALUE_METHODS', 'MONITORING_EXPERIMENT',
-           'FEEDBACK_ID_BASE', 'MonitorError', 'MonitorRules', 'read_rules', 'Check', 'correct', 'mmd_test',
-           'tag_shift_test', 'confidence_shift_test', 'estimate_performance', 'shortfall_test', 'model_vocabulary',
-           'text_descriptors', 'drift_report', 'column_results', 'WindowReport', 'input_checks', 'embedding_checks',
-           'prediction_checks', 'class_ids', 'performance_checks', 'check_window', 'utc_time', 'read_log',
-           'split_windows', 'log_profile', 'MonitorRun', 'monitor', 'plot_monitoring', 'write_report', 'window_metrics',
-           'log_to_mlflow', 'add_to_workspace', 'alert_body', 'send_alert', 'feedback_dataset', 'retrain']
+__all__ = ['logger', 'CORRECTIONS', 'MAX_TESTS', 'GROUPS', 'TOKEN', 'LETTER', 'DESCRIPTORS', 'P_VALUE_METHODS',
+           'MONITORING_EXPERIMENT', 'FEEDBACK_ID_BASE', 'MonitorError', 'MonitorRules', 'read_rules', 'Check',
+           'correct', 'mmd_test', 'tag_shift_test', 'confidence_shift_test', 'estimate_performance', 'shortfall_test',
+           'model_vocabulary', 'text_descriptors', 'drift_report', 'column_results', 'WindowReport', 'input_checks',
+           'embedding_checks', 'prediction_checks', 'class_ids', 'performance_checks', 'check_window', 'utc_time',
+           'read_log', 'split_windows', 'log_profile', 'MonitorRun', 'monitor', 'plot_monitoring', 'write_report',
+           'window_metrics', 'log_to_mlflow', 'add_to_workspace', 'alert_body', 'send_alert', 'feedback_dataset',
+           'retrain']
 
 # %% ../nbs/13_monitor.ipynb #0c3b0d99
 logger = logging.getLogger(__name__)
@@ -51,13 +52,14 @@ class MonitorError(MwmlError):
 
 # %% ../nbs/13_monitor.ipynb #b09a6dc1
 CORRECTIONS = ("holm", "bonferroni")
+MAX_TESTS = 10  # tests one window can run: 5 Evidently columns, MMD, 2 on predictions, the concept test (and one spare)
 
 @dataclass
 class MonitorRules:
     "Every threshold monitoring uses."
     alpha: float = 0.01  # chance per window that any test fires when nothing changed (family-wise)
     correction: str = "holm"  # how the window's tests share `alpha`: `holm` or `bonferroni`
-    permutations: int = 500  # permutations of the embedding MMD test
+    permutations: int = 2000  # permutations of the embedding MMD test (its smallest p-value is 1/(permutations+1))
     min_rows: int = 50  # a smaller window is reported but not tested
     min_labelled: int = 30  # fewer labelled rows in a window: no realised performance or concept test
     f1_drop: float = 0.05  # alarm when the label-free F1 estimate is this far below the reference's
@@ -69,6 +71,10 @@ class MonitorRules:
         if self.correction not in CORRECTIONS: raise MonitorError(f"correction must be one of {CORRECTIONS}, got {self.correction!r}")
         for name in ("permutations", "min_rows", "min_labelled", "draws"):
             if getattr(self, name) < 2: raise MonitorError(f"{name} must be at least 2, got {getattr(self, name)}")
+        if (self.permutations + 1) * self.alpha < MAX_TESTS:  # else the MMD test could never reach its share of alpha
+            raise MonitorError(f"{self.permutations} permutations are too few for alpha={self.alpha}: a permutation p-value is at "
+                               f"least 1/(permutations+1), and a window's {MAX_TESTS} tests share alpha; use at least "
+                               f"{int(np.ceil(MAX_TESTS / self.alpha)) - 1}")
 
 # %% ../nbs/13_monitor.ipynb #64a0c018
 def read_rules(path: Path | str | None,  # a JSON object of `MonitorRules` fields; None: the defaults
@@ -116,7 +122,7 @@ def correct(p_values: list[float],  # one per test in the family
 # %% ../nbs/13_monitor.ipynb #b688ea6b
 def mmd_test(reference: np.ndarray,  # (n, d) samples
              current: np.ndarray,  # (m, d) samples
-             permutations: int = 500,  # shuffles for the null distribution
+             permutations: int = 2000,  # shuffles for the null distribution
              seed: int = 0,  # seeds the shuffles
              ) -> tuple[float, float]:
     "(unbiased MMD² with a Gaussian kernel of median bandwidth, permutation p-value)."
