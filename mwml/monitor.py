@@ -63,11 +63,14 @@ class MonitorRules:
     min_rows: int = 50  # a smaller window is reported but not tested
     min_labelled: int = 30  # fewer labelled rows in a window: no realised performance or concept test
     f1_drop: float = 0.05  # alarm when the label-free F1 estimate is this far below the reference's
+    shortfall_tolerance: float = 0.03  # the concept test fires when accuracy falls this far below the calibrated promise, or more
     draws: int = 1000  # Monte Carlo draws for the label-free estimate's interval
     seed: int = 0  # seeds the permutations, the draws and the bootstrap
 
     def __post_init__(self):
         if not 0 < self.alpha < 1: raise MonitorError(f"alpha must be between 0 and 1, got {self.alpha}")
+        if not 0 <= self.shortfall_tolerance < 1:
+            raise MonitorError(f"shortfall_tolerance must be at least 0 and below 1, got {self.shortfall_tolerance}")
         if self.correction not in CORRECTIONS: raise MonitorError(f"correction must be one of {CORRECTIONS}, got {self.correction!r}")
         for name in ("permutations", "min_rows", "min_labelled", "draws"):
             if getattr(self, name) < 2: raise MonitorError(f"{name} must be at least 2, got {getattr(self, name)}")
@@ -181,11 +184,12 @@ def estimate_performance(probs: np.ndarray,  # (n, k) calibrated probabilities
 # %% ../nbs/13_monitor.ipynb #a381ffb4
 def shortfall_test(confidence: np.ndarray,  # (n,) the probability the model gave its own prediction
                    correct: np.ndarray,  # (n,) whether the prediction was right
+                   tolerance: float = 0.0,  # accuracy the model may fall short of its promise by before the test objects
                    ) -> tuple[float, float]:
-    "(correct answers minus calibrated expectation, one-sided Poisson-binomial p-value of so few correct)."
+    "(correct answers minus calibrated expectation, one-sided Poisson-binomial p-value of so few correct, given the tolerance)."
     counts = np.zeros(len(confidence) + 1)
     counts[0] = 1.0
-    for p in confidence:  # the distribution of the number correct, one row at a time
+    for p in np.clip(confidence - tolerance, 0, 1):  # the distribution of the number correct, one row at a time
         counts[1:] = counts[1:] * (1 - p) + counts[:-1] * p
         counts[0] *= 1 - p
     right = int(np.sum(correct))
@@ -339,7 +343,8 @@ def performance_checks(reference: Profile,  # the model's reference profile
     if len(labelled) < rules.min_labelled: return checks, estimate, None
     scored = bootstrap_metrics(labelled.frame.truth, labelled.frame.pred, current.classes, seed=rules.seed)["overall"]
     realised = {m: scored[m] for m in ("accuracy", "f1")}
-    gap, p = shortfall_test(labelled.frame.confidence.to_numpy(), (labelled.frame.truth == labelled.frame.pred).to_numpy())
+    gap, p = shortfall_test(labelled.frame.confidence.to_numpy(), (labelled.frame.truth == labelled.frame.pred).to_numpy(),
+                            rules.shortfall_tolerance)
     checks.append(Check("calibration_shortfall", "concept", gap, p,
                         note=f"{len(labelled)} labelled rows: correct answers minus the number the probabilities promised"))
     return checks, estimate, realised
