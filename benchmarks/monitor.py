@@ -307,11 +307,11 @@ def config_split(config) -> dict:
 
 def timing(monitor, reference, sim, rules, vocabulary, windows: int, rng) -> dict:
     "Median seconds (and range) per window of each detector of `check_window`, called alone on `windows` no-shift windows."
-    share = rules.alpha / 9  # Evidently's text test level in a window that runs every test
+    share = rules.alpha / monitor.MAX_TESTS  # Evidently's text test level in a window that runs every test
     detectors = {
         "evidently (4 descriptors + text, one report)": lambda cur, r: monitor.input_checks(reference, cur, vocabulary, share),
         "embedding_mmd": lambda cur, r: monitor.embedding_checks(reference, cur, r),
-        "predicted_tags_chi2 + confidence_ks": lambda cur, r: monitor.prediction_checks(reference, cur),
+        "predicted_tags_chi2 + confidence_ks + probabilities_ks": lambda cur, r: monitor.prediction_checks(reference, cur),
         "estimated_f1 + realised + calibration_shortfall": lambda cur, r: monitor.performance_checks(reference, cur, r),
     }
     times = {name: [] for name in detectors}
@@ -495,8 +495,9 @@ def main():
         "windows as independent, so they describe this pool; another pool of production projects would move every figure "
         "together. Rows repeat within a window only where the scenario needs more rows than there are: a class pushed above its "
         "pool count by a prior shift, and the 60 off-domain texts ('windows_repeating_pool_rows' counts windows that repeated pool rows).",
-        f"'family' is the window's decision as check_window makes it without Evidently (MMD, chi-square, KS and, on labelled windows, "
-        f"the calibration shortfall, {rules.correction}-corrected at alpha {rules.alpha}; or the estimated-F1 rule), over all windows. "
+        "'family' is the window's decision as check_window makes it without Evidently (MMD, chi-square, the two KS tests and, on "
+        f"labelled windows, the calibration shortfall, {rules.correction}-corrected at alpha {rules.alpha}; or the estimated-F1 rule), "
+        "over all windows. "
         f"'family_with_evidently' adds Evidently's five columns to the family; Evidently takes seconds per window, so it runs on the "
         f"first {design['evidently_windows_per_scenario']} windows of each scenario only ('family_without_evidently_same_windows' "
         "is the paired comparison on those windows).",
@@ -511,13 +512,20 @@ def main():
            "scenarios": results, "timing": times, "goals": goals(results), "notes": notes}  # fmt: skip
 
     header = ("scenario", "family", "family + Evidently", "embedding MMD", "Evidently (any col.)", "tags chi²", "confidence KS",
-              "calibration shortfall", "F1 est. MAE")  # fmt: skip
+              "probabilities KS", "calibration shortfall", "F1 est. MAE")  # fmt: skip
     rows = []
     for name, r in results.items():
         c = r["checks"]
         detectors = [
             fmt(c.get(k))
-            for k in ("embedding_mmd", "evidently (any column)", "predicted_tags_chi2", "confidence_ks", "calibration_shortfall")
+            for k in (
+                "embedding_mmd",
+                "evidently (any column)",
+                "predicted_tags_chi2",
+                "confidence_ks",
+                "probabilities_ks",
+                "calibration_shortfall",
+            )
         ]
         rows.append((name, fmt(r["family"]), fmt(r["family_with_evidently"]), *detectors, fmt(r["f1_estimate"]["mae"], 3)))
     bench.write(out, rows, header)

@@ -37,12 +37,12 @@ from .serve import PredictionLog, ServeConfig
 # %% auto #0
 __all__ = ['logger', 'CORRECTIONS', 'MAX_TESTS', 'GROUPS', 'TOKEN', 'LETTER', 'DESCRIPTORS', 'P_VALUE_METHODS',
            'MONITORING_EXPERIMENT', 'FEEDBACK_ID_BASE', 'MonitorError', 'MonitorRules', 'read_rules', 'Check',
-           'correct', 'mmd_test', 'tag_shift_test', 'confidence_shift_test', 'estimate_performance', 'shortfall_test',
-           'model_vocabulary', 'text_descriptors', 'drift_report', 'column_results', 'WindowReport', 'input_checks',
-           'embedding_checks', 'prediction_checks', 'class_ids', 'performance_checks', 'check_window', 'utc_time',
-           'read_log', 'split_windows', 'log_profile', 'MonitorRun', 'monitor', 'plot_monitoring', 'write_report',
-           'window_metrics', 'log_to_mlflow', 'add_to_workspace', 'alert_body', 'send_alert', 'feedback_dataset',
-           'retrain']
+           'correct', 'mmd_test', 'tag_shift_test', 'confidence_shift_test', 'probability_shift_test',
+           'estimate_performance', 'shortfall_test', 'model_vocabulary', 'text_descriptors', 'drift_report',
+           'column_results', 'WindowReport', 'input_checks', 'embedding_checks', 'prediction_checks', 'class_ids',
+           'performance_checks', 'check_window', 'utc_time', 'read_log', 'split_windows', 'log_profile', 'MonitorRun',
+           'monitor', 'plot_monitoring', 'write_report', 'window_metrics', 'log_to_mlflow', 'add_to_workspace',
+           'alert_body', 'send_alert', 'feedback_dataset', 'retrain']
 
 # %% ../nbs/13_monitor.ipynb #0c3b0d99
 logger = logging.getLogger(__name__)
@@ -52,7 +52,7 @@ class MonitorError(MwmlError):
 
 # %% ../nbs/13_monitor.ipynb #b09a6dc1
 CORRECTIONS = ("holm", "bonferroni")
-MAX_TESTS = 10  # tests one window can run: 5 Evidently columns, MMD, 2 on predictions, the concept test (and one spare)
+MAX_TESTS = 10  # tests one window can run: 5 Evidently columns, MMD, 3 on predictions and the concept test
 
 @dataclass
 class MonitorRules:
@@ -163,6 +163,14 @@ def confidence_shift_test(reference: np.ndarray,  # top probabilities of the ref
     "(Kolmogorov-Smirnov statistic, p-value) of the window's confidences against the reference's."
     result = stats.ks_2samp(reference, current)
     return float(result.statistic), float(result.pvalue)
+
+# %% ../nbs/13_monitor.ipynb #f592edd3
+def probability_shift_test(reference: np.ndarray,  # (n, k) probabilities of the reference
+                           current: np.ndarray,  # (m, k) probabilities of the window
+                           ) -> tuple[float, float]:
+    "(largest KS statistic over the tags' probability columns, their Bonferroni-combined p-value)."
+    results = [stats.ks_2samp(reference[:, c], current[:, c]) for c in range(reference.shape[1])]
+    return float(max(r.statistic for r in results)), float(min(1.0, len(results) * min(r.pvalue for r in results)))
 
 # %% ../nbs/13_monitor.ipynb #7ca121d5
 def estimate_performance(probs: np.ndarray,  # (n, k) calibrated probabilities
@@ -318,11 +326,13 @@ def embedding_checks(reference: Profile,  # the model's reference profile
 def prediction_checks(reference: Profile,  # the model's reference profile
                       current: Profile,  # the window's
                       ) -> list[Check]:
-    "Chi-square on the predicted-tag counts and KS on the confidences."
+    "Chi-square on the predicted-tag counts, KS on the confidences and on each tag's probability."
     chi2, p_tags = tag_shift_test(reference.frame.pred, current.frame.pred, reference.classes)
     ks, p_conf = confidence_shift_test(reference.frame.confidence, current.frame.confidence)
+    ks_tags, p_probs = probability_shift_test(reference.probs, current.probs)
     return [Check("predicted_tags_chi2", "prediction", chi2, p_tags, note="chi-square on predicted-tag counts"),
-            Check("confidence_ks", "prediction", ks, p_conf, note="Kolmogorov-Smirnov on top probabilities")]
+            Check("confidence_ks", "prediction", ks, p_conf, note="Kolmogorov-Smirnov on top probabilities"),
+            Check("probabilities_ks", "prediction", ks_tags, p_probs, note="KS on each tag's probability, Bonferroni-combined")]
 
 # %% ../nbs/13_monitor.ipynb #87dbf2c7
 def class_ids(profile: Profile) -> np.ndarray:
@@ -368,7 +378,7 @@ def check_window(reference: Profile,  # the model's reference profile
     if labelled < rules.min_labelled:
         report.skipped.append(f"realised performance: {labelled} labelled rows, fewer than min_labelled={rules.min_labelled}")
     evidently = vocabulary is not None
-    tests = 2 + (reference.embeddings is not None) + (1 + len(DESCRIPTORS) if evidently else 0) + (labelled >= rules.min_labelled)
+    tests = 3 + (reference.embeddings is not None) + (1 + len(DESCRIPTORS) if evidently else 0) + (labelled >= rules.min_labelled)
     share = rules.alpha / tests  # Bonferroni's share, for the one test that gives a decision without a p-value
     inputs, report.snapshot = input_checks(reference, current, vocabulary, share) if evidently else ([], None)
     performance, report.estimate, report.realised = performance_checks(reference, current, rules)

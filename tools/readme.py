@@ -288,6 +288,42 @@ def baseline(r: Results) -> str:
     return "\n".join([table(("measure", "baseline"), rows), "", provenance(d), "", note])
 
 
+def _share(v: dict | None) -> str:
+    "A Wilson `{value, low, high}` as `0.62 (0.57–0.66)`; a dash where a scenario has no such figure."
+    return "–" if not v else f"{v['value']:.2f} ({v['low']:.2f}–{v['high']:.2f})"
+
+
+def monitor(r: Results) -> str:
+    "The drift benchmark: detection per scenario and detector, false alarms, the label-free F1 error, time per detector, goals."
+    d = r("monitor")
+    design, seconds = d["design"], d["timing"]["seconds"]
+    detectors = (
+        "embedding_mmd",
+        "evidently (any column)",
+        "predicted_tags_chi2",
+        "confidence_ks",
+        "probabilities_ks",
+        "calibration_shortfall",
+    )
+    header = ("scenario", "alarm (family)", "alarm (family + Evidently)", "MMD", "Evidently, any column", "tags χ²",
+              "confidence KS", "probabilities KS", "concept test", "label-free F1 error (MAE)")  # fmt: skip
+    rows = [(name, _share(s["family"]), _share(s["family_with_evidently"]), *(_share(s["checks"].get(k)) for k in detectors),
+             f"{s['f1_estimate']['mae']['value']:.3f}" if s["f1_estimate"]["windows_scored"] else "–")
+            for name, s in d["scenarios"].items()]  # fmt: skip
+    goals = table(("the issue's goal", "reached", "met"),
+                  [(g["goal"], _share(g["reached"]) if "k" in g["reached"] else ci(g["reached"]), "yes" if g["met"] else "**no**")
+                   for g in d["goals"]])  # fmt: skip
+    evidently_s = next(v["median"] for k, v in seconds.items() if k.startswith("evidently"))
+    note = (f"Windows of {design['window']} predictions, {design['windows_per_scenario']} per scenario "
+            f"(Evidently on the first {design['evidently_windows_per_scenario']} of each: it takes {evidently_s:.1f} s a window, "
+            f"the embedding MMD with {d['timing']['permutations']} permutations {seconds['embedding_mmd']['median'] * 1000:.0f} ms). "
+            f"Reference: {design['reference']}; production: {design['production_pool']}. Rates are the share of windows "
+            f"that alarmed, with 95% Wilson intervals; a detector's own rate is at p ≤ alpha before the correction; the family "
+            f"shares alpha {d['rules']['alpha']} per window (Holm). The windows overlap (one pool), so the intervals describe this "
+            "pool; the JSON's notes say how each scenario is made.")  # fmt: skip
+    return "\n".join([table(header, rows), "", note, "", goals, "", provenance(d)])
+
+
 def footprint(r: Results) -> str:
     "Disk, setup and test times (inline)."
     d = r("footprint")
@@ -324,7 +360,7 @@ def flagged_cells(r: Results) -> str:
 
 FIGURES = {"flagged-cells": flagged_cells, "needs": needs, "train-time": train_time, "baseline-time": baseline_time,
            "baseline-f1": baseline_f1, "train": train, "tune": tune, "evaluate": evaluate, "serve": serve, "baseline": baseline,
-           "footprint": footprint}  # fmt: skip
+           "footprint": footprint, "monitor": monitor}  # fmt: skip
 
 
 # the notebook and the README --------------------------------------------------------------------------------
