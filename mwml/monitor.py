@@ -23,6 +23,8 @@ from evidently import DataDefinition, Dataset, Report
 from evidently.core.report import Snapshot
 from evidently.legacy.calculations import stattests
 from evidently.presets import DataDriftPreset
+from evidently.sdk.models import DashboardPanelPlot, PanelMetric
+from evidently.sdk.panels import line_plot_panel
 from evidently.ui.workspace import Workspace
 from fastprogress.fastprogress import progress_bar
 from scipy import stats
@@ -41,8 +43,8 @@ __all__ = ['logger', 'CORRECTIONS', 'MAX_TESTS', 'GROUPS', 'TOKEN', 'LETTER', 'D
            'estimate_performance', 'shortfall_test', 'model_vocabulary', 'text_descriptors', 'drift_report',
            'column_results', 'WindowReport', 'input_checks', 'embedding_checks', 'prediction_checks', 'class_ids',
            'performance_checks', 'check_window', 'utc_time', 'read_log', 'split_windows', 'log_profile', 'MonitorRun',
-           'monitor', 'plot_monitoring', 'write_report', 'window_metrics', 'log_to_mlflow', 'add_to_workspace',
-           'alert_body', 'send_alert', 'feedback_dataset', 'retrain']
+           'monitor', 'plot_monitoring', 'write_report', 'window_metrics', 'log_to_mlflow', 'drift_panels',
+           'add_to_workspace', 'alert_body', 'send_alert', 'feedback_dataset', 'retrain']
 
 # %% ../nbs/13_monitor.ipynb #0c3b0d99
 logger = logging.getLogger(__name__)
@@ -585,15 +587,24 @@ def log_to_mlflow(run: MonitorRun,  # from `monitor`
     finally: use_mlflow(s)  # back to the training experiment
     return active.info.run_id
 
+# %% ../nbs/13_monitor.ipynb #f5fd920c
+def drift_panels() -> list[DashboardPanelPlot]:
+    "Evidently dashboard panels: the text's domain-classifier ROC AUC and the descriptors' KS p-values, report by report."
+    return [line_plot_panel(title=title, size="half",
+                            values=[PanelMetric(legend=c, metric="ValueDrift", metric_labels={"column": c}) for c in columns])
+            for title, columns in (("Text drift: domain classifier ROC AUC", ["text"]), ("Descriptor drift: KS p-value", DESCRIPTORS))]
+
 # %% ../nbs/13_monitor.ipynb #a21545c2
 def add_to_workspace(run: MonitorRun,  # from `monitor`
-                     folder: Path | str,  # the local Evidently workspace
-                     project_name: str = "mwml monitoring",  # reused when it exists
+                     folder: Path | str,  # the local Evidently workspace (`DO_NOT_TRACK=1 evidently ui --workspace FOLDER`)
+                     project_name: str = "mwml monitoring",  # reused when it exists; created with `drift_panels` otherwise
                      ) -> int:
     "Add every window's Evidently report to the workspace's project; how many were added."
     workspace = Workspace(str(folder))
-    found = workspace.search_project(project_name)
-    project = found[0] if found else workspace.create_project(project_name, description="input drift of the served mwml model")
+    if found := workspace.search_project(project_name): project = found[0]
+    else:
+        project = workspace.create_project(project_name, description="input drift of the served mwml model")
+        for panel in drift_panels(): project.dashboard.add_panel(panel)
     snapshots = [w.snapshot for w in run.windows if w.snapshot]
     for snapshot in snapshots: workspace.add_run(project.id, snapshot)
     return len(snapshots)
