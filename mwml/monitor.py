@@ -12,6 +12,7 @@ import sqlite3
 import tempfile
 import urllib.error
 import urllib.request
+from contextlib import closing
 from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -37,14 +38,14 @@ from .registry import Profile, load_model, load_reference
 from .serve import PredictionLog, ServeConfig
 
 # %% auto #0
-__all__ = ['logger', 'CORRECTIONS', 'MAX_TESTS', 'GROUPS', 'TOKEN', 'LETTER', 'DESCRIPTORS', 'P_VALUE_METHODS',
-           'MONITORING_EXPERIMENT', 'FEEDBACK_ID_BASE', 'MonitorError', 'MonitorRules', 'read_rules', 'Check',
-           'correct', 'mmd_test', 'tag_shift_test', 'confidence_shift_test', 'probability_shift_test',
-           'estimate_performance', 'shortfall_test', 'model_vocabulary', 'text_descriptors', 'drift_report',
-           'column_results', 'WindowReport', 'input_checks', 'embedding_checks', 'prediction_checks', 'class_ids',
-           'performance_checks', 'check_window', 'utc_time', 'read_log', 'split_windows', 'log_profile', 'MonitorRun',
-           'monitor', 'plot_monitoring', 'write_report', 'window_metrics', 'log_to_mlflow', 'drift_panels',
-           'add_to_workspace', 'alert_body', 'send_alert', 'feedback_dataset', 'retrain']
+__all__ = ['logger', 'CORRECTIONS', 'MAX_TESTS', 'TOKEN', 'LETTER', 'DESCRIPTORS', 'P_VALUE_METHODS', 'MONITORING_EXPERIMENT',
+           'FEEDBACK_ID_BASE', 'MonitorError', 'MonitorRules', 'read_rules', 'Check', 'correct', 'mmd_test',
+           'tag_shift_test', 'confidence_shift_test', 'probability_shift_test', 'estimate_performance',
+           'shortfall_test', 'model_vocabulary', 'text_descriptors', 'drift_report', 'column_results', 'WindowReport',
+           'input_checks', 'embedding_checks', 'prediction_checks', 'class_ids', 'performance_checks', 'check_window',
+           'utc_time', 'read_log', 'split_windows', 'log_profile', 'MonitorRun', 'monitor', 'plot_monitoring',
+           'write_report', 'window_metrics', 'log_to_mlflow', 'drift_panels', 'add_to_workspace', 'alert_body',
+           'send_alert', 'feedback_dataset', 'retrain']
 
 # %% ../nbs/13_monitor.ipynb #0c3b0d99
 logger = logging.getLogger(__name__)
@@ -95,8 +96,6 @@ def read_rules(path: Path | str | None,  # a JSON object of `MonitorRules` field
     return MonitorRules(**{**values, **{k: v for k, v in overrides.items() if v is not None}})
 
 # %% ../nbs/13_monitor.ipynb #10340bd0
-GROUPS = ("input", "prediction", "performance", "concept")
-
 @dataclass
 class Check:
     "One named test on one window: its statistic, p-value or threshold, and decision."
@@ -410,7 +409,7 @@ def read_log(path: Path | str,  # the SQLite prediction log `mwml serve` writes
     if not path.is_file():
         raise MonitorError(f"no prediction log at {path}: `mwml serve` writes one as it answers; point --log at another file")
     try:
-        with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as db: rows = pd.read_sql(PredictionLog.QUERY, db)
+        with closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as db: rows = pd.read_sql(PredictionLog.QUERY, db)
     except (sqlite3.Error, pd.errors.DatabaseError) as e: raise MonitorError(f"{path} is not a prediction log: {e}") from None
     def parse(text):
         try: value = json.loads(text)
@@ -499,12 +498,13 @@ def monitor(model: str = "champion",  # a registry alias, version or run id (its
     if not info["run_id"]:
         raise MonitorError(f"{model} is a folder: monitoring needs a registered model or a run id, whose MLflow run keeps its reference")
     reference = load_reference(info["run_id"])
-    path = Path(log or ServeConfig.from_env(prediction_log=None).prediction_log)  # where `mwml serve` writes
+    path = Path(log or ServeConfig.from_env().prediction_log)  # where `mwml serve` writes
     rows, corrupt = read_log(path, since, until)
     mine = rows[rows.model_run_id == info["run_id"]]
     if mine.empty and not rows.empty:
+        others = sorted(rows.model_run_id.fillna("a folder").unique())[:3]
         raise MonitorError(f"{path} has {len(rows)} predictions but none by {model} (run {info['run_id']}); "
-                           f"they come from run(s) {sorted(rows.model_run_id.unique())[:3]}: monitor one of those, or serve this model")
+                           f"they come from {others}: monitor one of those, or serve this model")
     windows = split_windows(mine, window, every)
     vocabulary = model_vocabulary(loaded) if evidently else None
     shown = progress_bar(windows, leave=False) if progress else windows  # fastprogress writes to stdout even when told not to display
