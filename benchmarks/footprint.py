@@ -64,7 +64,11 @@ def main():
             result["test_seconds"] = result["test"]["seconds"] if result["test"]["returncode"] == 0 else None
         result["where"] = "fresh clone of the committed tree" if where != ROOT else "this checkout"
     finally:
-        shutil.rmtree(work, ignore_errors=True)
+        failed = [step for step in ("setup", "test") if result.get(step, {}).get("returncode", 0) != 0]
+        if failed:  # keep the clone and its logs to read
+            print(f"make {' and make '.join(failed)} failed: the logs are in {work}")
+        else:
+            shutil.rmtree(work, ignore_errors=True)
 
     def show(key):
         return "not measured" if key not in result else f"{result[key]['seconds'] / 60:.1f} min (exit {result[key]['returncode']})"
