@@ -20,7 +20,7 @@ from test_serve import TOKEN, wait_until_ready
 from mwml.config import get_settings
 from mwml.data import load
 
-TINY = {"backbone": "tiny", "epochs": 1, "lr": 0.01, "batch_size": 16, "max_length": 64}
+TINY = {"backbone": "tiny", "epochs": 1, "lr": 0.01, "batch_size": 16, "max_length": 64, "sample_size": 400}
 OFF_DOMAIN = ROOT / "benchmarks" / "offdomain.csv"  # hand-written projects that are not about machine learning
 
 
@@ -120,43 +120,39 @@ def test_ordinary_traffic_raises_no_alert(served, calm, tmp_path):
     assert {c["name"] for c in result["windows"][0]["checks"]} >= {"evidently:text", "embedding_mmd", "predicted_tags_chi2"}
 
 
-def test_off_domain_traffic_fires_alerts_the_webhook_and_draws_the_report(served, shifted, webhook, tmp_path):
+def test_off_domain_traffic_alerts_reports_and_retrains_on_the_feedback(served, shifted, webhook, tmp_path):
+    "One pass as cron would run it: the alert (exit 4, webhook), the JSON and HTML reports, MLflow, then a challenger retrained."
     env, _, version = served
     url, received = webhook
-    r = run_mwml("monitor", "--since", shifted, "--window", "60", "--reports", tmp_path, env={**env, "MWML_ALERT_WEBHOOK": url})
+    r = run_mwml("monitor", "--since", shifted, "--window", "60", "--reports", tmp_path, "--on-alert", "retrain", "--json",
+                 env={**env, "MWML_ALERT_WEBHOOK": url}, timeout=900)  # fmt: skip
     assert r.returncode == 4, r.stdout + r.stderr  # 4: an alert, for cron and CI
-    assert "input drift" in r.stdout and "alert sent to MWML_ALERT_WEBHOOK" in r.stdout, r.stdout
+    result = json.loads(r.stdout)
+    assert result["alerts"] == 2 and result["alert_delivered"] is True
+    assert all("input drift" in w["verdict"] for w in result["windows"])
+
     assert len(received) == 1 and received[0]["alerts"] == 2 and received[0]["model"]["version"] == str(version.version)
     assert {"evidently:text", "embedding_mmd"} <= {c["name"] for c in received[0]["fired"][0]["checks"]}
-
     report = json.loads(Path(received[0]["report"]["json"]).read_text())
     assert report["alerts"] == 2 and Path(report["html"]).parent == tmp_path
 
     s = get_settings(env)
     client = mlflow.MlflowClient(s.tracking_uri)
-    experiment = client.get_experiment_by_name("monitoring")
-    [latest] = client.search_runs([experiment.experiment_id], order_by=["start_time DESC"], max_results=1)
-    assert latest.data.tags["alerts"] == "2" and latest.info.status == "FINISHED"
-    assert [m.step for m in client.get_metric_history(latest.info.run_id, "embedding_mmd.p_value")] == [0, 1]
+    [monitoring] = client.search_runs([client.get_experiment_by_name("monitoring").experiment_id], f"run_id = '{result['mlflow_run_id']}'")
+    assert monitoring.data.tags["alerts"] == "2" and monitoring.info.status == "FINISHED"
+    assert [m.step for m in client.get_metric_history(monitoring.info.run_id, "embedding_mmd.p_value")] == [0, 1]
     assert (tmp_path / "evidently-workspace").is_dir()
 
     page = open_report(Path(report["html"]), expand=EVIDENTLY_DETAILS, chromium=chromium_path())
     assert page.ok, page  # no console errors, no page errors, nothing fetched from the network
     assert page.chart_count >= 4, page  # the drift histograms of the four descriptors, at least
 
-
-def test_on_alert_retrain_registers_a_challenger_from_the_feedback(served, shifted, tmp_path):
-    env, _, version = served
-    r = run_mwml("monitor", "--since", shifted, "--window", "60", "--reports", tmp_path, "--no-evidently", "--on-alert", "retrain",
-                 "--json", env=env, timeout=900)  # fmt: skip
-    assert r.returncode == 4, r.stdout + r.stderr
-    retrained = json.loads(r.stdout)["retrained"]
+    retrained = result["retrained"]
     data = Path(retrained["data"])
-    assert data.parent == get_settings(env).raw_dir and data.name.startswith("feedback-")
+    assert data.parent == s.raw_dir and data.name.startswith("feedback-")
     feedback = pd.read_csv(data)
     assert len(feedback) == 60 and set(feedback.tag) == {"other"}  # the 60 distinct labelled rows, duplicates dropped
-    client = mlflow.MlflowClient(get_settings(env).tracking_uri)
-    new = client.get_model_version(get_settings(env).model_name, retrained["version"])
+    new = client.get_model_version(s.model_name, retrained["version"])
     assert int(new.version) > int(version.version) and new.tags["gate"] in ("promoted", "refused")
     assert client.get_run(new.run_id).data.params["extra_data"] == str(data)
     assert client.get_run(new.run_id).data.tags["data.extra.sha256"]
