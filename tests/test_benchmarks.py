@@ -1,14 +1,19 @@
 """The pieces of benchmarks/ whose mistakes would silently corrupt a published figure: the batch-size histogram
-serve.py reads from `/metrics`, and where the installed stack differs from the pins."""
+serve.py reads from `/metrics`, where the installed stack differs from the pins, and the drift benchmark's shifts and
+intervals."""
 
+import difflib
 import sys
 from pathlib import Path
 
+import numpy as np
+import pytest
 from prometheus_client import CollectorRegistry, Histogram, generate_latest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
 import common  # noqa: E402
 import serve  # noqa: E402
+from monitor import corrupt, shifted_shares, wilson  # noqa: E402  (benchmarks/monitor.py)
 
 
 def metrics_page(batches: list[int]) -> str:
@@ -43,3 +48,29 @@ def test_stack_vs_pins_names_a_package_outside_its_pin(monkeypatch, tmp_path):
 def test_the_project_pins_hold_here():
     "The JSONs say `stack_vs_pins: []` on the build machine; a drifted venv shows up here first."
     assert common.stack_vs_pins() == []
+
+
+def test_a_prior_shift_moves_exactly_its_points_to_one_class_from_the_others_in_proportion():
+    base = np.array([0.3, 0.1, 0.4, 0.2])
+    shifted = shifted_shares(base, 1, 0.15)
+    assert shifted[1] == pytest.approx(0.25) and shifted.sum() == pytest.approx(1.0)
+    ratios = np.delete(shifted, 1) / np.delete(base, 1)
+    assert np.allclose(ratios, ratios[0])
+    with pytest.raises(ValueError, match="cannot move 0.95"):
+        shifted_shares(base, 1, 0.95)
+
+
+def test_typos_alter_about_their_rate_of_the_letters():
+    words = np.random.default_rng(1)  # random words: a repeated sentence would confuse the matcher
+    text = " ".join("".join(words.choice(list("abcdefghijklmnopqrstuvwxyz"), words.integers(3, 9))) for _ in range(300))
+    rng = np.random.default_rng(0)
+    assert corrupt(text, 0.0, rng) == text
+    kept = [difflib.SequenceMatcher(None, text, corrupt(text, rate, rng), autojunk=False).ratio() for rate in (0.05, 0.15)]
+    assert 0.95 < kept[0] < 0.99 and 0.85 < kept[1] < 0.95 and kept[1] < kept[0]
+
+
+def test_the_wilson_interval_of_no_alarm_in_300_windows_reaches_one_percent():
+    w = wilson(0, 300)
+    assert (w["value"], w["low"]) == (0.0, 0.0) and w["high"] == pytest.approx(1.96**2 / (300 + 1.96**2))
+    half = wilson(150, 300)
+    assert half["value"] - half["low"] == pytest.approx(half["high"] - half["value"])
