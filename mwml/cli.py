@@ -31,8 +31,8 @@ from .data import SOURCES, fetch, load, read_projects, split, validate
 __all__ = ['logger', 'EXIT_ERROR', 'EXIT_USAGE', 'EXIT_REFUSED', 'EXIT_ALERT', 'EXIT_BUG', 'app', 'data_app', 'TRAIN_HELP',
            'DEVICE_HELP', 'MODEL_HELP', 'JsonFlag', 'handle_errors', 'main_options', 'data_fetch', 'data_validate',
            'data_split', 'ModelKind', 'field_help', 'use_device', 'tagger_config', 'train', 'tune', 'echo_json',
-           'evaluate', 'register', 'promote', 'leaderboard', 'test_model', 'predict', 'predict_file', 'serve',
-           'OnAlert', 'monitor', 'reference', 'parse_parameter_args', 'report', 'check_data', 'train_models',
+           'evaluate', 'register', 'promote', 'leaderboard', 'optimize', 'test_model', 'predict', 'predict_file',
+           'serve', 'OnAlert', 'monitor', 'reference', 'parse_parameter_args', 'report', 'check_data', 'train_models',
            'assess_models', 'register_and_gate', 'pipeline', 'main']
 
 # %% ../nbs/15_cli.ipynb #019913c4
@@ -316,6 +316,36 @@ def leaderboard(data: Annotated[str, typer.Option(help="holdout, dataset or a la
         table = board(data, s)
         if as_json: return echo_json(table.to_dict("records"))
         typer.echo(table.to_string(index=False))
+
+# %% ../nbs/15_cli.ipynb #38164a2f
+def _methods(value: str) -> tuple[str, ...]: return tuple(m.strip() for m in value.split(",") if m.strip())
+
+@app.command()
+def optimize(model: Annotated[str, typer.Option(help="the trained torch Tagger to optimise: alias, version or run id")] = "champion",
+             methods: Annotated[str, typer.Option(help="comma-separated: onnx, int8, distill, prune")] = "onnx,int8,distill,prune",
+             int8_format: Annotated[str, typer.Option(help="qoperator or qdq")] = "qoperator",
+             layers: Annotated[str, typer.Option(help="distill: the teacher's layers the student keeps")] = "1,3,5",
+             distill_epochs: Annotated[int, typer.Option(help="distill: epochs of the student")] = 6,
+             keep_heads: Annotated[float, typer.Option(help="prune: share of attention heads kept per layer")] = 0.75,
+             keep_neurons: Annotated[float, typer.Option(help="prune: share of feed-forward neurons kept per layer")] = 0.5,
+             recover_epochs: Annotated[int, typer.Option(help="prune: epochs of distillation after pruning")] = 2,
+             sample_size: Annotated[int | None, typer.Option(help="train students on a stratified sample of this many rows")] = None,
+             repeats: Annotated[int, typer.Option(help="timed passes over holdout per speed measurement")] = 5,
+             as_json: JsonFlag = False):
+    "Make, register and gate cheaper variants of a Tagger; print the size/speed/quality table."
+    from mwml.optimize import DistillConfig, OptimizeConfig
+    from mwml.optimize import optimize as make_variants
+    with handle_errors():
+        try: student_layers = tuple(int(i) for i in _methods(layers))
+        except ValueError: raise MwmlError(f"--layers takes comma-separated layer numbers such as 1,3,5, got {layers!r}") from None
+        distill = DistillConfig(student_layers, epochs=distill_epochs, sample_size=sample_size)
+        config = OptimizeConfig(_methods(methods), int8_format, distill, keep_heads, keep_neurons, recover_epochs, repeats=repeats)
+        typer.echo(f"optimising {model}: {', '.join(config.methods)} ...", err=True)
+        table = make_variants(model, config)
+        if as_json: return echo_json(table.to_dict("records"))
+        speeds = [c for c in table if c.startswith(("items_per_s_b", "speedup"))]
+        columns = ["variant", "version", "backend", "mb", "f1", "mlops_f1", *speeds, "gate"]
+        typer.echo(table[columns].round(3).to_string(index=False))
 
 # %% ../nbs/15_cli.ipynb #ed0ecf23
 @app.command("test-model")

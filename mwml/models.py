@@ -21,7 +21,7 @@ import torch
 import transformers
 from fastcore.basics import patch
 from safetensors.torch import load as weights_from_bytes
-from safetensors.torch import save_file
+from safetensors.torch import save as weights_to_bytes
 from scipy.optimize import minimize_scalar
 from sklearn.metrics import f1_score, precision_recall_fscore_support
 from torch import nn
@@ -33,11 +33,12 @@ from .config import MwmlError, atomic_write, pick_device
 from .data import TAGS, LabelIndex, prepare, sha256_bytes
 
 # %% auto #0
-__all__ = ['logger', 'WEIGHTS_FILE', 'TAGGER_FILE', 'TOKENIZER_DIR', 'BackboneError', 'minilm_path', 'hub_reachable',
-           'tiny_config', 'load_backbone', 'tokenize', 'TaggerConfigError', 'TextClassifier', 'TaggerConfig', 'Tagger',
-           'predict_tags', 'LabelError', 'check_labels', 'reliability', 'temperature_scale', 'fit_temperature',
-           'threshold_curve', 'choose_threshold', 'calibrate', 'ModelFileError', 'read_model_files',
-           'classification_scores', 'flat_metrics', 'top_tags']
+__all__ = ['logger', 'WEIGHTS_FILE', 'ONNX_FILE', 'TAGGER_FILE', 'TOKENIZER_DIR', 'MODEL_FILES', 'BackboneError', 'minilm_path',
+           'hub_reachable', 'tiny_config', 'load_backbone', 'tokenize', 'TaggerConfigError', 'TextClassifier',
+           'OnnxClassifier', 'TaggerConfig', 'Tagger', 'predict_tags', 'saved_backend', 'fit_linear_shapes',
+           'LabelError', 'check_labels', 'reliability', 'temperature_scale', 'fit_temperature', 'threshold_curve',
+           'choose_threshold', 'calibrate', 'ModelFileError', 'read_model_files', 'classification_scores',
+           'flat_metrics', 'top_tags']
 
 # %% ../nbs/03_models.ipynb #7495c3db
 logger = logging.getLogger(__name__)
@@ -129,6 +130,33 @@ class TextClassifier(nn.Module):
         "Logits for a `(batch, 2, length)` token tensor."
         return self.head(self.dropout(self.pool(tokens)))
 
+    @property
+    def embedding_size(self) -> int: return self.head.in_features  # width of the pooled embeddings
+
+# %% ../nbs/03_models.ipynb #e272836b
+class OnnxClassifier:
+    "A `TextClassifier` exported to ONNX (outputs `logits`, `embedding`), run by ONNX Runtime with the same calls."
+    def __init__(self, onnx_bytes: bytes,  # the serialised ONNX graph
+                 encoder_config: dict,  # the exported encoder's configuration (`config.to_dict()`)
+                 threads: int | None = None,  # intra-op threads; default torch's
+                 ):
+        import onnxruntime as ort
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.intra_op_num_threads, options.inter_op_num_threads = threads or torch.get_num_threads(), 1
+        self.onnx_bytes, self.encoder_config = onnx_bytes, encoder_config
+        self.session = ort.InferenceSession(onnx_bytes, options, providers=["CPUExecutionProvider"])
+        self.embedding_size = self.session.get_outputs()[1].shape[-1]
+
+    def run(self, tokens: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+        "(logits, embeddings) of a `(batch, 2, length)` token tensor."
+        ids, mask = tokens[:, 0].numpy().astype(np.int64), tokens[:, 1].numpy().astype(np.int64)
+        return tuple(self.session.run(["logits", "embedding"], {"input_ids": ids, "attention_mask": mask}))
+
+    def __call__(self, tokens: torch.Tensor) -> torch.Tensor: return torch.from_numpy(self.run(tokens)[0])
+    def pool(self, tokens: torch.Tensor) -> torch.Tensor: return torch.from_numpy(self.run(tokens)[1])
+    def eval(self) -> OnnxClassifier: return self  # always in inference mode, as a `TextClassifier` after `eval()`
+
 # %% ../nbs/03_models.ipynb #70191609
 @dataclass
 class TaggerConfig:
@@ -148,8 +176,18 @@ class Tagger:
                  tokenizer,  # its Hugging Face tokenizer
                  labels: LabelIndex,  # the tags, in the order of the head's outputs
                  config: TaggerConfig,  # how it was built and reads text
+                 lineage: dict | None = None,  # what it was made from: parent run, method, parameters
                  ):
         self.model, self.tokenizer, self.labels, self.config = model, tokenizer, labels, config
+        self.lineage = dict(lineage or {})
+
+    @property
+    def backend(self) -> str: return "onnx" if isinstance(self.model, OnnxClassifier) else "torch"  # what runs the classifier
+
+    @property
+    def device(self) -> torch.device:
+        "Where the classifier runs (ONNX Runtime: the CPU)."
+        return torch.device("cpu") if self.backend == "onnx" else next(self.model.parameters()).device
 
     @classmethod
     def create(cls, config: TaggerConfig | None = None,  # backbone, pooling, dropout, ...
@@ -181,7 +219,7 @@ def map_batches(self: Tagger,
                 ) -> np.ndarray:
     "`fn` over length-sorted batches of the texts in inference mode: one float32 row per text, in the caller's order."
     self.model.eval()
-    device, texts = next(self.model.parameters()).device, self.texts(titles, descriptions)
+    device, texts = self.device, self.texts(titles, descriptions)
     order = np.argsort([len(t) for t in texts], kind="stable")
     out = np.zeros((len(texts), width), dtype=np.float32)
     with torch.inference_mode():
@@ -209,7 +247,7 @@ def embed(self: Tagger,
           batch_size: int = 64,  # texts per forward pass
           ) -> np.ndarray:
     "Pooled text embeddings `(n, hidden)`, the input of the classifier's head."
-    return self.map_batches(titles, descriptions, self.model.pool, self.model.head.in_features, batch_size)
+    return self.map_batches(titles, descriptions, self.model.pool, self.model.embedding_size, batch_size)
 
 # %% ../nbs/03_models.ipynb #43c5884f
 @patch
@@ -231,28 +269,53 @@ def predict_tags(model: Tagger | BaselineModel,  # a trained model of either kin
     return model.predict(projects.title, projects.description, batch_size)
 
 # %% ../nbs/03_models.ipynb #25c0c1d6
-WEIGHTS_FILE, TAGGER_FILE, TOKENIZER_DIR = "model.safetensors", "tagger.json", "tokenizer"
+WEIGHTS_FILE, ONNX_FILE, TAGGER_FILE, TOKENIZER_DIR = "model.safetensors", "model.onnx", "tagger.json", "tokenizer"
+MODEL_FILES = {"torch": WEIGHTS_FILE, "onnx": ONNX_FILE}  # the file that holds the classifier, per backend
 
 # %% ../nbs/03_models.ipynb #32579eb8
 @patch
 def save(self: Tagger,
          folder: Path | str,  # folder to write the bundle into
          ) -> Path:
-    "Write the bundle (weights, tokenizer, then `tagger.json`) into `folder`; return `folder`."
+    "Write the bundle (model file, tokenizer, then `tagger.json`) into `folder`; return `folder`."
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().cpu().contiguous() for k, v in self.model.state_dict().items()}
+    if self.backend == "onnx": data, architecture = self.model.onnx_bytes, self.model.encoder_config
+    else:
+        data = weights_to_bytes({k: v.detach().cpu().contiguous() for k, v in self.model.state_dict().items()})
+        architecture = self.model.encoder.config.to_dict()
     with tempfile.TemporaryDirectory(dir=folder) as tmp:
-        save_file(state, Path(tmp) / WEIGHTS_FILE)
-        weights = (Path(tmp) / WEIGHTS_FILE).read_bytes()
         self.tokenizer.save_pretrained(Path(tmp) / TOKENIZER_DIR)
         for f in (Path(tmp) / TOKENIZER_DIR).iterdir(): atomic_write(folder / TOKENIZER_DIR / f.name, f.read_bytes())
-    atomic_write(folder / WEIGHTS_FILE, weights)
-    meta = {"format": 1, "config": asdict(self.config), "classes": list(self.labels.classes),
-            "encoder": self.model.encoder.config.to_dict(), "sha256": sha256_bytes(weights),
-            "versions": {**{p: version(p) for p in ("torch", "transformers")}, "mwml": __version__}}
+    atomic_write(folder / MODEL_FILES[self.backend], data)
+    libraries = ("torch", "transformers", *(("onnxruntime",) if self.backend == "onnx" else ()))
+    meta = {"format": 1, "backend": self.backend, "config": asdict(self.config), "classes": list(self.labels.classes),
+            "encoder": architecture, "sha256": sha256_bytes(data), "lineage": self.lineage,
+            "versions": {**{p: version(p) for p in libraries}, "mwml": __version__}}
     atomic_write(folder / TAGGER_FILE, json.dumps(meta, indent=2))
     return folder
+
+# %% ../nbs/03_models.ipynb #62e097a5
+def saved_backend(folder: Path,  # a folder written by `Tagger.save`
+                  ) -> str:
+    "The backend a saved Tagger names (`torch` for bundles from before backends); an unknown one is refused."
+    try: backend = json.loads((folder / TAGGER_FILE).read_text()).get("backend", "torch")
+    except (OSError, json.JSONDecodeError): return "torch"  # `read_model_files` then names what is wrong
+    if backend not in MODEL_FILES:
+        raise ModelFileError(f"{folder / TAGGER_FILE} names backend {backend!r}; this mwml runs {sorted(MODEL_FILES)}: upgrade mwml")
+    return backend
+
+# %% ../nbs/03_models.ipynb #0ad11d33
+def fit_linear_shapes(module: nn.Module,  # a freshly built module
+                      state: dict[str, torch.Tensor],  # the weights to load, by parameter name
+                      prefix: str = "",  # what `state`'s names have before `module`'s own
+                      ):
+    "Rebuild each `nn.Linear` in `module` whose saved weight has another shape at that shape (pruned encoders)."
+    for name, layer in list(module.named_modules()):
+        weight = state.get(f"{prefix}{name}.weight")
+        if not isinstance(layer, nn.Linear) or weight is None or weight.shape == layer.weight.shape: continue
+        parent, _, child = name.rpartition(".")
+        setattr(module.get_submodule(parent), child, nn.Linear(weight.shape[1], weight.shape[0], bias=layer.bias is not None))
 
 # %% ../nbs/03_models.ipynb #880e03c0
 @patch(cls_method=True)
@@ -262,16 +325,21 @@ def load(cls: Tagger,
          ) -> Tagger:
     "Load a saved Tagger, refusing missing or altered files."
     folder = Path(folder)
-    meta, weights = read_model_files(folder, TAGGER_FILE, WEIGHTS_FILE)
+    backend = saved_backend(folder)
+    meta, data = read_model_files(folder, TAGGER_FILE, MODEL_FILES[backend])
     config, labels = TaggerConfig(**meta["config"]), LabelIndex(tuple(meta["classes"]))
+    if not (folder / TOKENIZER_DIR).is_dir(): raise ModelFileError(f"{folder} is not a saved Tagger: {TOKENIZER_DIR}/ is missing")
+    tokenizer, lineage = AutoTokenizer.from_pretrained(folder / TOKENIZER_DIR), meta.get("lineage")
+    if backend == "onnx":
+        if pick_device(device) != "cpu": logger.info("%s runs on ONNX Runtime's CPU provider, not on %s", folder, device)
+        return cls(OnnxClassifier(data, meta["encoder"]), tokenizer, labels, config, lineage)
     encoder_config = dict(meta["encoder"])
     encoder = AutoModel.from_config(AutoConfig.for_model(encoder_config.pop("model_type"), **encoder_config))
-    model = TextClassifier(encoder, len(labels), config.pooling, config.dropout)
-    try: model.load_state_dict(weights_from_bytes(weights), strict=True)
+    model, state = TextClassifier(encoder, len(labels), config.pooling, config.dropout), weights_from_bytes(data)
+    fit_linear_shapes(model.encoder, state, "encoder.")
+    try: model.load_state_dict(state, strict=True)
     except RuntimeError as e: raise ModelFileError(f"{folder / WEIGHTS_FILE} does not fit the architecture in {TAGGER_FILE}: {e}") from None
-    if not (folder / TOKENIZER_DIR).is_dir(): raise ModelFileError(f"{folder} is not a saved Tagger: {TOKENIZER_DIR}/ is missing")
-    tokenizer = AutoTokenizer.from_pretrained(folder / TOKENIZER_DIR)
-    return cls(model.to(pick_device(device)).eval(), tokenizer, labels, config)
+    return cls(model.to(pick_device(device)).eval(), tokenizer, labels, config, lineage)
 
 # %% ../nbs/03_models.ipynb #7f396ade
 class LabelError(MwmlError):

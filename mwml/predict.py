@@ -44,7 +44,7 @@ class Predictor:
                  batch_size: int = 64,  # texts per forward pass
                  ):
         self.model, self.info, self.batch_size = model, dict(info or {}), batch_size
-        self.backend = "torch" if isinstance(model, Tagger) else "sklearn"  # what runs underneath, for /model and logs
+        self.backend = getattr(model, "backend", "sklearn")  # what runs underneath (`torch`, `onnx`, `sklearn`), for /model and logs
 
     @property
     def classes(self) -> tuple[str, ...]: return self.model.labels.classes

@@ -33,8 +33,8 @@ from .models import TAGGER_FILE, Tagger, predict_tags
 __all__ = ['logger', 'INPUT_EXAMPLE', 'PYFUNC_FILE', 'PYFUNC_SOURCE', 'PACKAGE_DIR', 'PYFUNC_REQUIREMENTS', 'RUN_MODEL_DIRS',
            'ALIASES', 'REFERENCE_DIR', 'PROFILE_FILES', 'RegistryError', 'load_model_folder', 'model_kind',
            'predict_frame', 'MwmlPyfunc', 'package_code', 'pyfunc_requirements', 'resolve_model', 'load_model',
-           'Profile', 'profile_of', 'log_reference', 'load_reference', 'register', 'GateRules', 'Decision', 'summary',
-           'gate', 'assess', 'promote', 'leaderboard']
+           'Profile', 'profile_of', 'log_reference', 'load_reference', 'variant_tags', 'register', 'GateRules',
+           'Decision', 'summary', 'gate', 'assess', 'promote', 'leaderboard']
 
 # %% ../nbs/08_registry.ipynb #54eb5008
 logger = logging.getLogger(__name__)
@@ -93,7 +93,7 @@ mlflow.models.set_model(MwmlPyfunc())
 
 # %% ../nbs/08_registry.ipynb #3694ef7c
 PACKAGE_DIR = Path(str(importlib.resources.files("mwml")))  # the mwml package, shipped inside every registered model
-PYFUNC_REQUIREMENTS = ("mlflow", "torch", "transformers", "safetensors", "scikit-learn", "skops", "scipy",
+PYFUNC_REQUIREMENTS = ("mlflow", "torch", "transformers", "safetensors", "onnxruntime", "scikit-learn", "skops", "scipy",
                        "pandas", "numpy", "pandera", "pyyaml", "fastcore")  # what mwml imports to load and predict
 
 # %% ../nbs/08_registry.ipynb #2d8b2aa9
@@ -263,6 +263,12 @@ def load_reference(run_id: str,  # the model's MLflow run
                                 "make one with `mwml reference --model VERSION --data holdout` (or any labelled CSV it did not fit)")
         return Profile.load(folder)
 
+# %% ../nbs/08_registry.ipynb #4d7ebaea
+def variant_tags(lineage: dict,  # a Tagger's lineage (empty for a model trained from scratch)
+                 ) -> dict[str, str]:
+    "The MLflow run and version tags of a variant: its name, method and parent run."
+    return {k: str(lineage[k]) for k in ("variant", "method", "parent_run") if lineage.get(k) is not None}
+
 # %% ../nbs/08_registry.ipynb #bcb7f599
 def register(run_id: str,  # an MLflow run that logged a model (`mwml train`)
              alias: str | None = "challenger",  # alias the new version gets; None: none
@@ -288,8 +294,9 @@ def register(run_id: str,  # an MLflow run that logged a model (`mwml train`)
     except RegistryError as e:  # registered all the same; `mwml monitor` says how to make the reference
         logger.warning("%s", e)
         has_reference = False
-    mv = mlflow.register_model(f"runs:/{run_id}/pyfunc", s.model_name,
-                               tags={"kind": model_kind(model), "run_id": run_id, "reference": str(has_reference).lower()})
+    tags = {"kind": model_kind(model), "backend": getattr(model, "backend", "sklearn"), "run_id": run_id,
+            "reference": str(has_reference).lower(), **variant_tags(getattr(model, "lineage", {}))}
+    mv = mlflow.register_model(f"runs:/{run_id}/pyfunc", s.model_name, tags=tags)
     if alias: client.set_registered_model_alias(s.model_name, alias, mv.version)
     logger.info("registered run %s as %s version %s%s", run_id, s.model_name, mv.version, f" ({alias})" if alias else "")
     return mv
