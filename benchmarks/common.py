@@ -139,15 +139,15 @@ class Benchmark:
         self.started, self.load_start, self.t0 = datetime.now(UTC), os.getloadavg(), time.perf_counter()
         self.git = git_state()  # the code that runs is the code at the start
 
-    def write(self, result: dict, rows: list[tuple[str, ...]], header: tuple[str, ...]) -> Path:
-        "Write results/<name>.json and print `rows` as a Markdown table."
+    def write(self, result: dict, rows: list[tuple[str, ...]], header: tuple[str, ...], path: Path | None = None) -> Path:
+        "Write results/<name>.json (or `path`) and print `rows` as a Markdown table."
         head = {"benchmark": self.name, "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
                 "started": self.started.isoformat(timespec="seconds"), "finished": datetime.now(UTC).isoformat(timespec="seconds"),
                 "wall_seconds": time.perf_counter() - self.t0, **self.git,
                 "load_average": {"start": [round(x, 2) for x in self.load_start], "end": [round(x, 2) for x in os.getloadavg()]},
                 "machine": machine(*self.packages)}  # fmt: skip
-        RESULTS.mkdir(exist_ok=True)
-        path = RESULTS / f"{self.name}.json"
+        path = Path(path) if path else RESULTS / f"{self.name}.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".json.tmp")
         tmp.write_text(json.dumps({**head, **result}, indent=2, default=str) + "\n")
         tmp.replace(path)

@@ -7,11 +7,13 @@ Every server gets the same requests at every concurrency: a warm-up that is not 
 runs of `--requests` requests each; the JSON keeps every run and the median and range over them. For the
 two `mwml serve` modes each run's batch-size histogram is read from `/metrics` (`mwml_batch_size`, the
 difference between before and after the run). Servers are driven only through the public CLI and HTTP.
-Prints a Markdown table; writes benchmarks/results/serve.json.
+Prints a Markdown table; writes benchmarks/results/serve.json (or `--output`).
 
     .venv/bin/python benchmarks/serve.py                  # trains the model first: TrainConfig defaults, seed 42 (~4 min)
     .venv/bin/python benchmarks/serve.py --model FOLDER   # a saved Tagger, e.g. from benchmarks/train.py --output FOLDER
     .venv/bin/python benchmarks/serve.py --model champion # the registry's champion that `make run` leaves
+    .venv/bin/python benchmarks/serve.py --model VARIANTS/int8 --naive-model VARIANTS/parent \
+        --output benchmarks/results/serve-int8.json       # `mwml serve` on the int8 variant, the naive handler on torch fp32
 
 The load generator runs on the same machine as the server and shares its cores.
 """
@@ -219,6 +221,19 @@ def trained_model(folder: Path) -> str:
     return str(folder)
 
 
+def model_ref(value: str) -> str:
+    "A `--model` value as the servers take it: a folder made absolute (the naive server runs in benchmarks/), else as given."
+    return str(Path(value).resolve()) if Path(value).exists() else value
+
+
+def vs_naive(http: dict, naive: str) -> dict:
+    "Per server and concurrency: its median items/s over the naive handler's."
+    base = {c: r["items_per_s"]["median"] for c, r in http[naive]["by_concurrency"].items()}
+    return {
+        name: {c: r["items_per_s"]["median"] / base[c] for c, r in h["by_concurrency"].items()} for name, h in http.items() if name != naive
+    }
+
+
 def row(name: str, by_c: dict) -> tuple[str, ...]:
     "A table row: per concurrency, median p50 / p99 and median throughput (range)."
     cells = []
@@ -235,6 +250,8 @@ def main():
     parser.add_argument("--repeats", type=int, default=3, help="runs per server and concurrency")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32], help="requests in flight")
     parser.add_argument("--replicas", type=int, default=1, help="Ray Serve replicas for the Ray Serve mode")
+    parser.add_argument("--naive-model", help="what the naive handler serves, e.g. the torch parent of an int8 --model (default: --model)")
+    parser.add_argument("--output", type=Path, help="the JSON to write (default benchmarks/results/serve.json)")
     args = parser.parse_args()
     bench = Benchmark("serve", "torch", "transformers", "fastapi", "uvicorn", "ray")
     work = Path(tempfile.mkdtemp(prefix="mwml-bench-serve-"))
@@ -242,20 +259,24 @@ def main():
     from mwml.data import load as load_data
 
     if args.model:
-        ref = str(Path(args.model).resolve()) if Path(args.model).exists() else args.model  # the naive server runs in benchmarks/
+        ref = model_ref(args.model)
         how = f"--model {args.model}"
     else:
         ref, how = trained_model(work / "tagger"), "trained by this script: TrainConfig defaults (seed 42) on dataset.csv"
     holdout = load_data("holdout")
     items = [{"title": t, "description": d} for t, d in zip(holdout.title, holdout.description)]
+    naive_ref = model_ref(args.naive_model) if args.naive_model else ref
     result = {"model": {"ref": ref, "how": how}, "requests_per_run": args.requests, "repeats": args.repeats}
-    if Path(ref).is_dir():
-        result["model"]["sha256"] = weights_sha256(Path(ref))
+    result["naive_model"] = {"ref": naive_ref, "how": f"--naive-model {args.naive_model}" if args.naive_model else "the same as --model"}
+    for entry in (result["model"], result["naive_model"]):
+        if Path(entry["ref"]).is_dir():
+            entry["sha256"] = weights_sha256(Path(entry["ref"]))
     env = {**os.environ, "MWML_MODEL": ref, "MWML_SERVE_PREDICTION_LOG": str(work / "predictions.db")}
     env.pop("MWML_API_TOKEN", None)
+    naive = "naive FastAPI handler"
     mwml = [str(BIN / "mwml"), "serve", "--model", ref, "--port", "{port}", "--replicas"]
     servers = {
-        "naive FastAPI handler": ([str(BIN / "uvicorn"), "naive_server:app", "--port", "{port}", "--log-level", "warning"], HERE),
+        naive: ([str(BIN / "uvicorn"), "naive_server:app", "--port", "{port}", "--log-level", "warning"], HERE),
         "mwml serve --replicas 0 (uvicorn)": ([*mwml, "0"], HERE.parent),
         f"mwml serve --replicas {args.replicas} (Ray Serve)": ([*mwml, str(args.replicas)], HERE.parent),
     }
@@ -263,7 +284,8 @@ def main():
     for i, (name, (cmd, cwd)) in enumerate(servers.items()):
         port = free_port()
         before = loadavg()
-        proc, startup = start([c.format(port=port) for c in cmd], port, env, cwd, work / f"server{i}.log")
+        server_env = {**env, "MWML_MODEL": naive_ref} if name == naive else env
+        proc, startup = start([c.format(port=port) for c in cmd], port, server_env, cwd, work / f"server{i}.log")
         try:
             by_c = {}
             for c in args.concurrency:
@@ -276,6 +298,7 @@ def main():
                                     "load_average": {"start": before, "end": loadavg()}, "by_concurrency": by_c}  # fmt: skip
         finally:
             stop(proc)
+    result["throughput_vs_naive"] = vs_naive(result["http"], naive)
     # in-process last, with no server left running: the model alone, to set the HTTP figures against
     before = loadavg()
     result["in_process"] = {**in_process(ref, items, args.repeats), "load_average": {"start": before, "end": loadavg()}}
@@ -286,7 +309,9 @@ def main():
              f"batch of 64: {ip['batch64_items_per_s']['median']:.0f} items/s")]  # fmt: skip
     rows += [row(name, r["by_concurrency"]) for name, r in result["http"].items()]
     header = ("server", *(f"concurrency {c}: p50 / p99, items/s (range)" for c in args.concurrency))
-    bench.write(result, rows, header)
+    bench.write(result, rows, header, args.output)
+    for name, ratios in result["throughput_vs_naive"].items():
+        print(f"{name}: " + ", ".join(f"{x:.1f}x the naive handler's items/s at concurrency {c}" for c, x in ratios.items()))
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ import json
 import logging
 import os
 import re
+import subprocess
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field
@@ -32,11 +33,11 @@ from .registry import RegistryError, assess, gate, load_model, register, variant
 from .train import History, ReportEpochs, TrainConfig, _finish_tracking, _start_tracking, fit_tagger, score_tagger, training_data
 
 # %% auto #0
-__all__ = ['logger', 'QUANT_FORMATS', 'METHODS', 'OptimizeError', 'ExportedGraph', 'export_onnx', 'onnx_tagger', 'logit_parity',
-           'graph_heads', 'fuse_graph', 'quantize_int8', 'encoder_layers', 'student_of', 'Distill', 'DistillConfig',
-           'run_config', 'fit_student', 'unit_importance', 'prune', 'measure_speed', 'OptimizeConfig', 'log_variant',
-           'model_megabytes', 'table_row', 'gate_variant', 'make_variants', 'optimize', 'pareto_front', 'plot_pareto',
-           'flops_per_token', 'batch_flops', 'cpu_peak_flops']
+__all__ = ['logger', 'QUANT_FORMATS', 'METHODS', 'CPU_FLAGS', 'OptimizeError', 'ExportedGraph', 'export_onnx', 'onnx_tagger',
+           'logit_parity', 'graph_heads', 'fuse_graph', 'calibration_batches', 'quantize_int8', 'batch_agreement',
+           'encoder_layers', 'student_of', 'Distill', 'DistillConfig', 'run_config', 'fit_student', 'unit_importance',
+           'prune', 'measure_speed', 'OptimizeConfig', 'log_variant', 'model_megabytes', 'table_row', 'gate_variant',
+           'make_variants', 'optimize', 'pareto_front', 'plot_pareto', 'flops_per_token', 'batch_flops', 'cpu_facts']
 
 # %% ../nbs/09_optimize.ipynb #bc0a6c9e
 logger = logging.getLogger(__name__)
@@ -118,19 +119,49 @@ def fuse_graph(onnx_bytes: bytes,  # a BERT-like graph exported by `export_onnx`
 # %% ../nbs/09_optimize.ipynb #70e1a02c
 QUANT_FORMATS = ("qoperator", "qdq")
 
+def calibration_batches(tagger: Tagger,  # reads and tokenises the texts
+                        projects: pd.DataFrame,  # representative projects (validation data)
+                        batch_size: int = 16,  # texts per batch, length-sorted
+                        ) -> list[dict[str, np.ndarray]]:
+    "ONNX Runtime inputs (`input_ids`, `attention_mask`) for `projects`, in length-sorted batches."
+    texts = sorted(tagger.texts(projects.title, projects.description), key=len)
+    batches = [tagger.encode(texts[i:i + batch_size]) for i in range(0, len(texts), batch_size)]
+    return [{"input_ids": t[:, 0].numpy().astype(np.int64), "attention_mask": t[:, 1].numpy().astype(np.int64)} for t in batches]
+
 def quantize_int8(onnx_bytes: bytes,  # a float32 graph
-                  form: str = "qoperator",  # `qoperator` or `qdq`
+                  form: str = "qoperator",  # `qoperator` (dynamic) or `qdq` (static, calibrated)
+                  calibration: list[dict] | None = None,  # `qdq` only: `calibration_batches` of representative data
                   ) -> bytes:
-    "The graph with its MatMul weights quantised to int8 per channel, activations quantised per batch."
+    "The graph with int8 weights per channel; activations quantised per batch (`qoperator`) or from calibration (`qdq`)."
     from onnx import TensorProto
-    from onnxruntime.quantization import QuantFormat, QuantType, quantize_dynamic
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_dynamic, quantize_static
     if form not in QUANT_FORMATS: raise OptimizeError(f"int8 format must be one of {QUANT_FORMATS}, got {form!r}")
+    if form == "qdq" and not calibration:
+        raise OptimizeError("QDQ int8 quantises activations with ranges measured beforehand: give calibration batches "
+                            "(`calibration_batches(tagger, validation_projects)`)")
+    class Batches(CalibrationDataReader):
+        def __init__(self): self.rest = iter(calibration or [])
+        def get_next(self): return next(self.rest, None)
+    extra = {"DefaultTensorType": TensorProto.FLOAT}  # fused operators have no inferred output types
     with tempfile.TemporaryDirectory() as d:
         (source := Path(d) / "fp32.onnx").write_bytes(onnx_bytes)
-        extra = {"DefaultTensorType": TensorProto.FLOAT,  # fused operators have no inferred output types
-                 **({"QuantFormat": QuantFormat.QDQ} if form == "qdq" else {})}
-        quantize_dynamic(source, target := Path(d) / "int8.onnx", per_channel=True, weight_type=QuantType.QInt8, extra_options=extra)
+        if form == "qoperator":
+            quantize_dynamic(source, target := Path(d) / "int8.onnx", per_channel=True, weight_type=QuantType.QInt8, extra_options=extra)
+        else:
+            quantize_static(source, target := Path(d) / "int8.onnx", Batches(), quant_format=QuantFormat.QDQ, per_channel=True,
+                            op_types_to_quantize=["MatMul"], weight_type=QuantType.QInt8, activation_type=QuantType.QUInt8,
+                            extra_options=extra)
         return target.read_bytes()
+
+# %% ../nbs/09_optimize.ipynb #f832cfd4
+def batch_agreement(model,  # any model with `predict(titles, descriptions, batch_size)`
+                    projects: pd.DataFrame,  # frame with `title` and `description`
+                    batch_size: int = 16,  # compared with one project at a time
+                    ) -> float:
+    "Share of projects whose tag is the same predicted alone as in length-sorted batches of `batch_size`."
+    alone = model.predict(projects.title, projects.description, 1)[0]
+    batched = model.predict(projects.title, projects.description, batch_size)[0]
+    return float(np.mean(np.asarray(alone) == np.asarray(batched)))
 
 # %% ../nbs/09_optimize.ipynb #c9c003b6
 def encoder_layers(tagger: Tagger) -> nn.ModuleList:
@@ -410,7 +441,8 @@ def make_variants(parent: Tagger,  # the trained torch Tagger
             variants["onnx"] = (log_variant(onnx_model, settings), onnx_model)
         if "int8" in config.methods:
             name = f"{base}-int8" if base else "int8"
-            quantised = onnx_tagger(model, quantize_int8(fused, config.int8_format),
+            calibration = calibration_batches(model, val) if config.int8_format == "qdq" else None
+            quantised = onnx_tagger(model, quantize_int8(fused, config.int8_format, calibration),
                                     {"variant": name, "method": "int8", "format": config.int8_format, **common})
             quantised.lineage.update({f"{k}_vs_parent": v for k, v in logit_parity(model, quantised, val).items()})
             variants[name] = (log_variant(quantised, settings), quantised)
@@ -435,7 +467,7 @@ def optimize(ref: str = "champion",  # the model to optimise: a registry alias, 
     def measured(name, model, extra):
         assessed = assess(model, holdout, s.seed)
         speeds = [measure_speed(model, holdout, b, config.repeats) for b in config.batch_sizes]
-        return {**table_row(name, model, assessed, speeds), **extra}, assessed
+        return {**table_row(name, model, assessed, speeds), "batch_agreement": batch_agreement(model, holdout), **extra}, assessed
     parent_row, parent_assessed = measured("parent", parent, {"version": info.get("version"), "run_id": info["run_id"], "gate": ""})
     try: champion, champion_info = load_model("champion", s)
     except RegistryError: champion = None
@@ -500,14 +532,28 @@ def batch_flops(tagger: Tagger,  # a torch or onnx Tagger
         total += tokens.shape[0] * tokens.shape[2] * flops_per_token(config, tokens.shape[2])
     return total
 
-def cpu_peak_flops(fma_units: int = 2,  # FMA units per core (not visible to lscpu; 2 on server Xeons)
-                   ) -> dict:
-    "The CPU's float32 peak FLOP/s and its factors: cores, GHz, vector lanes, FMA; plus its VNNI/AMX flags."
-    info = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
-    flags = set(re.search(r"^flags\s*:(.*)$", info, re.M).group(1).split()) if "flags" in info else set()
-    mhz = [float(m) for m in re.findall(r"^cpu MHz\s*:\s*([\d.]+)", info, re.M)]
-    cores, ghz = len(os.sched_getaffinity(0)), (max(mhz) / 1000 if mhz else float("nan"))
+CPU_FLAGS = ("fma", "avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_int8", "amx_bf16")  # what decides peak and int8 speed
+
+def cpu_facts(threads: int | None = None,  # threads the model runs on; default torch's
+              fma_units: int = 2,  # vector FMA units per core: not visible to lscpu (2 on Xeon server cores, 1 on many others)
+              lscpu: str | None = None,  # `lscpu`'s output; default: run it
+              cpuinfo: str | None = None,  # /proc/cpuinfo's text; default: read it
+              ) -> dict:
+    "The CPU's flags (VNNI, AMX), clock, cores and float32 peak FLOP/s with every factor, from `lscpu` and /proc/cpuinfo."
+    if lscpu is None:
+        try: lscpu = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
+        except OSError: lscpu = ""
+    if cpuinfo is None: cpuinfo = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    fields = {k.strip(): v.strip() for k, _, v in (line.partition(":") for line in lscpu.splitlines()) if v.strip()}
+    def info(name): return m.group(1).strip() if (m := re.search(rf"^{re.escape(name)}\s*:\s*(.*)$", cpuinfo, re.M)) else None
+    flags = set((fields.get("Flags") or info("flags") or "").split())
+    mhz, clock_from = (float(fields["CPU max MHz"]), "lscpu CPU max MHz") if "CPU max MHz" in fields else \
+                      (float(info("cpu MHz") or "nan"), "/proc/cpuinfo cpu MHz")
+    try: physical = int(fields["Core(s) per socket"]) * int(fields.get("Socket(s)", "1"))
+    except (KeyError, ValueError): physical = os.cpu_count()
+    cores = min(threads or torch.get_num_threads(), physical)
     lanes = 16 if "avx512f" in flags else 8 if "avx2" in flags else 4
-    return {"cores": cores, "ghz": ghz, "fp32_lanes": lanes, "fma": "fma" in flags, "fma_units": fma_units,
-            "peak_flops": cores * ghz * 1e9 * lanes * (2 if "fma" in flags else 1) * fma_units,
-            "vnni": bool(flags & {"avx512_vnni", "avx_vnni"}), "amx": "amx_int8" in flags, "avx512": "avx512f" in flags}
+    flop_per_fma = 2 if "fma" in flags else 1
+    return {"flags": {f: f in flags for f in CPU_FLAGS}, "vnni": bool(flags & {"avx512_vnni", "avx_vnni"}), "amx_int8": "amx_int8" in flags,
+            "physical_cores": physical, "cores": cores, "mhz": mhz, "clock_from": clock_from, "fp32_lanes": lanes,
+            "flop_per_fma": flop_per_fma, "fma_units": fma_units, "peak_flops": cores * mhz * 1e6 * lanes * flop_per_fma * fma_units}

@@ -286,7 +286,7 @@ class ModelInfo(BaseModel):
     name: str | None = Field(None, description="its registered model name")
     version: str | None = Field(None, description="its registered version")
     kind: str | None = Field(None, description="`tagger` or `baseline`")
-    backend: str = Field(description="`torch` or `sklearn`")
+    backend: str = Field(description="what runs the model: `torch`, `onnx` (ONNX Runtime) or `sklearn`")
     classes: list[str] = Field(description="the tags it predicts")
     threshold: float | None = Field(description="below this top probability it answers `other`; None: never")
     temperature: float | None = Field(description="its calibration temperature; None for the baseline")

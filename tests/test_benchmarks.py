@@ -1,6 +1,6 @@
 """The pieces of benchmarks/ whose mistakes would silently corrupt a published figure: the batch-size histogram
 serve.py reads from `/metrics`, where the installed stack differs from the pins, and the drift benchmark's shifts and
-intervals."""
+intervals (the optimisation benchmark's FLOP count and fp32 peak are `mwml.optimize`'s, checked in its notebook)."""
 
 import difflib
 import sys
