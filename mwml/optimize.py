@@ -108,11 +108,15 @@ def fuse_graph(onnx_bytes: bytes,  # a BERT-like graph exported by `export_onnx`
                encoder_config: dict,  # the encoder's configuration (`config.to_dict()`)
                ) -> tuple[bytes, dict]:
     "(fused graph, how many of each fused operator) from ONNX Runtime's transformer optimizer."
+    from onnxruntime.transformers.fusion_options import FusionOptions
     from onnxruntime.transformers.optimizer import optimize_model
+    heads, options = graph_heads(onnx_bytes, encoder_config), FusionOptions("bert")
+    if pruned := heads != encoder_config["num_attention_heads"]:  # the fused Attention assumes hidden size = heads x head size
+        options.enable_attention = False
     with tempfile.TemporaryDirectory() as d:
         (path := Path(d) / "model.onnx").write_bytes(onnx_bytes)
-        fused = optimize_model(str(path), model_type="bert", num_heads=graph_heads(onnx_bytes, encoder_config),
-                               hidden_size=encoder_config["hidden_size"], opt_level=1)
+        fused = optimize_model(str(path), model_type="bert", num_heads=0 if pruned else heads,
+                               hidden_size=0 if pruned else encoder_config["hidden_size"], optimization_options=options, opt_level=1)
     counts = {op: n for op, n in fused.get_fused_operator_statistics().items() if n}
     return fused.model.SerializeToString(), counts
 
