@@ -137,8 +137,9 @@ def quantize_int8(onnx_bytes: bytes,  # a float32 graph
                   calibration: list[dict] | None = None,  # `qdq` only: `calibration_batches` of representative data
                   ) -> bytes:
     "The graph with int8 weights per channel; activations quantised per batch (`qoperator`) or from calibration (`qdq`)."
-    from onnx import TensorProto
+    import onnx
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_dynamic, quantize_static
+    from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
     if form not in QUANT_FORMATS: raise OptimizeError(f"int8 format must be one of {QUANT_FORMATS}, got {form!r}")
     if form == "qdq" and not calibration:
         raise OptimizeError("QDQ int8 quantises activations with ranges measured beforehand: give calibration batches "
@@ -146,15 +147,16 @@ def quantize_int8(onnx_bytes: bytes,  # a float32 graph
     class Batches(CalibrationDataReader):
         def __init__(self): self.rest = iter(calibration or [])
         def get_next(self): return next(self.rest, None)
-    extra = {"DefaultTensorType": TensorProto.FLOAT}  # fused operators have no inferred output types
     with tempfile.TemporaryDirectory() as d:
-        (source := Path(d) / "fp32.onnx").write_bytes(onnx_bytes)
+        # ONNX Runtime's own shape inference types the outputs of its fused operators, which onnx's leaves untyped:
+        # without it the quantizer skips (or fails on) the MatMuls that read them
+        typed = SymbolicShapeInference.infer_shapes(onnx.load_from_string(onnx_bytes), auto_merge=True)
+        onnx.save(typed, source := Path(d) / "fp32.onnx")
         if form == "qoperator":
-            quantize_dynamic(source, target := Path(d) / "int8.onnx", per_channel=True, weight_type=QuantType.QInt8, extra_options=extra)
+            quantize_dynamic(source, target := Path(d) / "int8.onnx", per_channel=True, weight_type=QuantType.QInt8)
         else:
             quantize_static(source, target := Path(d) / "int8.onnx", Batches(), quant_format=QuantFormat.QDQ, per_channel=True,
-                            op_types_to_quantize=["MatMul"], weight_type=QuantType.QInt8, activation_type=QuantType.QUInt8,
-                            extra_options=extra)
+                            op_types_to_quantize=["MatMul"], weight_type=QuantType.QInt8, activation_type=QuantType.QUInt8)
         return target.read_bytes()
 
 # %% ../nbs/09_optimize.ipynb #f832cfd4

@@ -214,7 +214,29 @@ def _rate(server: dict, c: str) -> float:
 
 def serve(r: Results) -> str:
     "Latency and throughput in-process and over HTTP, per server and concurrency, and what they mean."
-    d = r("serve")
+    return _serve(r, r("serve"))
+
+
+def serve_int8(r: Results) -> str:
+    "The same HTTP benchmark with `mwml serve` on the int8 variant and the naive handler on its torch parent, and the issue's goals."
+    d = r("serve-int8")
+    uv, naive = _server(d, "mwml serve --replicas 0"), _server(d, "naive")
+    cs = list(uv["by_concurrency"])
+    first, top = cs[0], cs[-1]
+    errors = sum(b["errors"] for s in d["http"].values() for b in s["by_concurrency"].values())
+    ratio = _rate(uv, top) / _rate(naive, top)
+    p99_top, p99_first = uv["by_concurrency"][top]["p99_ms"]["median"], uv["by_concurrency"][first]["p99_ms"]["median"]
+    goals = table(("the issue's goal (`mwml serve --replicas 0` on int8)", "reached", "met"),
+                  [(f">= 4x the naive handler's items/s at concurrency {top}", f"{ratio:.1f}x", "yes" if ratio >= 4 else "**no**"),
+                   (f"p99 < 500 ms at concurrency {top}", f"{p99_top:.0f} ms", "yes" if p99_top < 500 else "**no**"),
+                   (f"p99 < 30 ms at concurrency {first}", f"{p99_first:.0f} ms", "yes" if p99_first < 30 else "**no**"),
+                   ("zero errors", str(errors), "yes" if errors == 0 else "**no**")])  # fmt: skip
+    served = f"`mwml serve` served `{d['model']['ref']}`; the naive handler `{d['naive_model']['ref']}` (the torch parent)."
+    return "\n".join([_serve(r, d), "", served, "", goals])
+
+
+def _serve(r: Results, d: dict) -> str:
+    "The serve table, its provenance and what it means, for one serve benchmark JSON."
     ip = d["in_process"]
     cs = list(next(iter(d["http"].values()))["by_concurrency"])
     header = ("server", *(f"concurrency {c}: p50 / p99, items/s (range over runs)" for c in cs))
@@ -316,6 +338,41 @@ def monitor(r: Results) -> str:
     return "\n".join([table(header, rows), "", note, "", goals, "", provenance(d)])
 
 
+def optimize(r: Results) -> str:
+    "The optimisation table: every variant's size, speed, quality and gate; QOperator against QDQ; FLOP/s against peak; goals."
+    d = r("optimize")
+    mem = d.get("memory", {})
+    header = ("variant", "backend", "MB", "items/s b1 (× parent)", "items/s b16 (× parent)", "p99 ms b1 / b16", "holdout F1 (95%)",
+              "mlops F1", "same tag alone / in a batch", "peak memory", "gate")  # fmt: skip
+    rows = []
+    for t in d["table"]:
+        gate = t["gate"] or "(parent)"
+        gate = gate if gate in ("passed", "(parent)") else f"refused: {gate.removeprefix('refused: ')}"
+        peak = mem.get(t["variant"], {}).get("peak_mib")
+        rows.append((t["variant"], t["backend"], f"{t['mb']:.1f}", f"{t['items_per_s_b1']:.0f} ({t['speedup_b1']:.2f}×)",
+                     f"{t['items_per_s_b16']:.0f} ({t['speedup_b16']:.2f}×)", f"{t['p99_ms_b1']:.0f} / {t['p99_ms_b16']:.0f}",
+                     ci({"value": t["f1"], "low": t["f1_low"], "high": t["f1_high"]}), f"{t['mlops_f1']:.3f}",
+                     f"{t['batch_agreement']:.3f}", "–" if peak is None else f"{peak / 1024:.2f} GiB", gate))  # fmt: skip
+    forms = d["int8_formats"]
+    form_text = "; ".join(f"{name} {m['mb']:.0f} MB, {m['speed']['b1']['items_per_s']:.0f} / {m['speed']['b16']['items_per_s']:.0f} "
+                          f"items/s at batch 1 / 16, holdout F1 {ci(m['holdout']['f1'])}"
+                          for name, m in forms.items() if isinstance(m, dict) and "speed" in m)  # fmt: skip
+    peak = d["flops"]["peak"]
+    reached = "; ".join(f"{label} {x['flop_per_s'] / 1e9:.0f} GFLOP/s = {x['fraction_of_peak']:.0%}"
+                        for label, x in d["flops"]["reached_b16"].items())  # fmt: skip
+    flops = (f"The CPU's float32 peak: {peak['cores']} cores × {peak['mhz'] / 1000:.1f} GHz × {peak['fp32_lanes']} lanes × "
+             f"{peak['flop_per_fma']} (FMA) × {peak['fma_units']} FMA units (assumed) = {peak['peak_flops'] / 1e9:.0f} GFLOP/s "
+             f"(VNNI {'yes' if peak['vnni'] else 'no'}, AMX int8 {'yes' if peak['amx_int8'] else 'no'}); "
+             f"reached at batch 16: {reached}.")  # fmt: skip
+    goals = table(("the issue's goal", "reached", "met"),
+                  [(g["goal"], ", ".join(f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}" for k, v in g["reached"].items()),
+                    "yes" if g["met"] else "not measured" if g["met"] is None else "**no**") for g in d["goals"]])  # fmt: skip
+    note = (f"Threads pinned to {d['threads']}; speed is the median of {d['repeats']} timed passes over holdout after a warm-up, "
+            "preprocessing and tokenisation included; × is against the parent on torch float32. Peak memory: a fresh process "
+            f"that loads the bundle and predicts holdout. int8 of the parent's fused graph in both forms: {form_text}.")  # fmt: skip
+    return "\n".join([table(header, rows), "", note, "", flops, "", goals, "", provenance(d)])
+
+
 def footprint(r: Results) -> str:
     "Disk, setup and test times (inline)."
     d = r("footprint")
@@ -352,7 +409,7 @@ def flagged_cells(r: Results) -> str:
 
 FIGURES = {"flagged-cells": flagged_cells, "needs": needs, "train-time": train_time, "baseline-time": baseline_time,
            "baseline-f1": baseline_f1, "train": train, "tune": tune, "evaluate": evaluate, "serve": serve, "baseline": baseline,
-           "footprint": footprint, "monitor": monitor}  # fmt: skip
+           "footprint": footprint, "monitor": monitor, "optimize": optimize, "serve-int8": serve_int8}  # fmt: skip
 
 
 # the notebook and the README --------------------------------------------------------------------------------
