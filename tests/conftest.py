@@ -9,6 +9,7 @@ import sys
 import time
 from pathlib import Path
 
+import httpx
 import mlflow
 import pytest
 
@@ -90,6 +91,20 @@ def interrupt(proc: subprocess.Popen, every: float = 5, patience: float = 180) -
     if proc.poll() is None:
         proc.kill()
         proc.communicate()
+
+
+def wait_until_ready(server: subprocess.Popen, base: str, patience: float = 180):
+    "Poll `base`/ready (no token: it is a probe) until it answers 200; fail if `server` exits first."
+    deadline = time.monotonic() + patience
+    while time.monotonic() < deadline:
+        assert server.poll() is None, server.communicate()
+        try:
+            if httpx.get(f"{base}/ready", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(1)
+    raise AssertionError("the server did not get ready")
 
 
 @pytest.fixture

@@ -6,14 +6,13 @@ import json
 import os
 import signal
 import subprocess
-import time
 
 import httpx
 import mlflow
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import free_port, run_mwml, start_mwml
+from conftest import free_port, run_mwml, start_mwml, wait_until_ready
 
 from mwml.config import get_settings
 from mwml.data import load
@@ -136,20 +135,6 @@ def test_predict_file_with_the_onnx_version_in_process_and_on_ray_data(optimised
     on_ray = predict_file(holdout_csv, tmp_path / "onnx-ray.csv", onnx, env_module, "--ray", "--num-actors", "1")
     assert_same_predictions(on_ray, parent_predictions)
     assert parent_predictions.predicted_tag.nunique() > 1, parent_predictions.predicted_tag.value_counts()  # not a constant model
-
-
-def wait_until_ready(server, base: str, patience: float = 180):
-    "Poll `/ready` (a probe: no token) until it answers 200."
-    deadline = time.monotonic() + patience
-    while time.monotonic() < deadline:
-        assert server.poll() is None, server.communicate()
-        try:
-            if httpx.get(f"{base}/ready", timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(1)
-    raise AssertionError("the server did not get ready")
 
 
 def stop(server, patience: float = 120) -> str:

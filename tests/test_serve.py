@@ -14,7 +14,7 @@ import mlflow
 import numpy as np
 import psutil
 import pytest
-from conftest import free_port, interrupt, run_mwml, start_mwml
+from conftest import free_port, interrupt, run_mwml, start_mwml, wait_until_ready
 from fastapi.testclient import TestClient
 
 from mwml.config import get_settings
@@ -207,20 +207,6 @@ def served(tmp_path_factory):
 def promote(env: dict, version: str):
     "Make `version` the champion."
     mlflow.MlflowClient(get_settings(env).tracking_uri).set_registered_model_alias(get_settings(env).model_name, "champion", version)
-
-
-def wait_until_ready(server, base: str, patience: float = 180):
-    "Poll `/ready` (no token: it is a probe) until it answers 200."
-    deadline = time.monotonic() + patience
-    while time.monotonic() < deadline:
-        assert server.poll() is None, server.communicate()
-        try:
-            if httpx.get(f"{base}/ready", timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(1)
-    raise AssertionError("the server did not get ready")
 
 
 def assert_serves_the_champion(base: str, env: dict) -> int:

@@ -344,10 +344,12 @@ def optimize(r: Results) -> str:
     mem = d.get("memory", {})
     header = ("variant", "backend", "MB", "items/s b1 (× parent)", "items/s b16 (× parent)", "p99 ms b1 / b16", "holdout F1 (95%)",
               "mlops F1", "same tag alone / in a batch", "peak memory", "gate")  # fmt: skip
-    rows = []
+    rows, refusals = [], []
     for t in d["table"]:
         gate = t["gate"] or "(parent)"
-        gate = gate if gate in ("passed", "(parent)") else f"refused: {gate.removeprefix('refused: ')}"
+        if gate.startswith("refused: "):
+            refusals.append(f"- {t['variant']}: {gate.removeprefix('refused: ')}")
+            gate = "refused (below)"
         peak = mem.get(t["variant"], {}).get("peak_mib")
         rows.append((t["variant"], t["backend"], f"{t['mb']:.1f}", f"{t['items_per_s_b1']:.0f} ({t['speedup_b1']:.2f}×)",
                      f"{t['items_per_s_b16']:.0f} ({t['speedup_b16']:.2f}×)", f"{t['p99_ms_b1']:.0f} / {t['p99_ms_b16']:.0f}",
@@ -370,7 +372,8 @@ def optimize(r: Results) -> str:
     note = (f"Threads pinned to {d['threads']}; speed is the median of {d['repeats']} timed passes over holdout after a warm-up, "
             "preprocessing and tokenisation included; × is against the parent on torch float32. Peak memory: a fresh process "
             f"that loads the bundle and predicts holdout. int8 of the parent's fused graph in both forms: {form_text}.")  # fmt: skip
-    return "\n".join([table(header, rows), "", note, "", flops, "", goals, "", provenance(d)])
+    why = ["", "Why the gate refused (the champion is the parent):", *refusals] if refusals else []
+    return "\n".join([table(header, rows), *why, "", note, "", flops, "", goals, "", provenance(d)])
 
 
 def footprint(r: Results) -> str:
