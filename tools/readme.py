@@ -55,13 +55,14 @@ def duration(seconds: float) -> str:
     return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.1f} min"
 
 
-def provenance(d: dict) -> str:
-    "Where, when, on what and under which load a JSON was measured, and the command that reproduces it."
+def provenance(d: dict, name: str | None = None) -> str:
+    "Where, when, on what and under which load a JSON (`name`.json, default the benchmark's) was measured, and the command."
     m, load = d["machine"], d["load_average"]
     gpu = f", {m['gpu']['name']} (driver {m['gpu']['driver']}, CUDA {m['gpu']['cuda']})" if m.get("gpu") else ""
     sha = (d.get("git_sha") or "unknown")[:7] + (" plus uncommitted changes" if d.get("git_dirty") else "")
     pins = "; stack differs from the pins: " + ", ".join(m["stack_vs_pins"]) if m.get("stack_vs_pins") else ""
-    return (f"<sub>`benchmarks/results/{d['benchmark']}.json`: `{d['command']}` on {d['started'][:10]}, {m['cpu']}, {m['cores']} cores, "
+    where = f"benchmarks/results/{name or d['benchmark']}.json"
+    return (f"<sub>`{where}`: `{d['command']}` on {d['started'][:10]}, {m['cpu']}, {m['cores']} cores, "
             f"{m['ram_gib']:.0f} GiB RAM{gpu}, Python {m['python']}; 1-minute load average {load['start'][0]:.1f} at the start and "
             f"{load['end'][0]:.1f} at the end (the machine is shared: a load above {m['cores']} means the run competed for the CPUs); "
             f"git {sha}{pins}.</sub>")  # fmt: skip
@@ -214,7 +215,7 @@ def _rate(server: dict, c: str) -> float:
 
 def serve(r: Results) -> str:
     "Latency and throughput in-process and over HTTP, per server and concurrency, and what they mean."
-    return _serve(r, r("serve"))
+    return _serve(r, r("serve"), "serve")
 
 
 def serve_int8(r: Results) -> str:
@@ -232,10 +233,10 @@ def serve_int8(r: Results) -> str:
                    (f"p99 < 30 ms at concurrency {first}", f"{p99_first:.0f} ms", "yes" if p99_first < 30 else "**no**"),
                    ("zero errors", str(errors), "yes" if errors == 0 else "**no**")])  # fmt: skip
     served = f"`mwml serve` served `{d['model']['ref']}`; the naive handler `{d['naive_model']['ref']}` (the torch parent)."
-    return "\n".join([_serve(r, d), "", served, "", goals])
+    return "\n".join([_serve(r, d, "serve-int8"), "", served, "", goals])
 
 
-def _serve(r: Results, d: dict) -> str:
+def _serve(r: Results, d: dict, name: str) -> str:
     "The serve table, its provenance and what it means, for one serve benchmark JSON."
     ip = d["in_process"]
     cs = list(next(iter(d["http"].values()))["by_concurrency"])
@@ -287,7 +288,7 @@ def _serve(r: Results, d: dict) -> str:
              for name, s in [*d["http"].items(), ("in-process", ip)] if "load_average" in s]  # fmt: skip
     if loads:
         facts.append("1-minute load average while each was measured: " + "; ".join(loads))
-    return "\n".join([table(header, rows), "", provenance(d), "",
+    return "\n".join([table(header, rows), "", provenance(d, name), "",
                       f"Every server got the same load: at each concurrency {d['repeats']} runs of {d['requests_per_run']} one-item "
                       f"requests after an uncounted warm-up ({errors} errors in all); the model was {model}.", "",
                       "On this machine " + "; ".join(facts) + "."])  # fmt: skip
