@@ -513,6 +513,7 @@ def plot_pareto(table: pd.DataFrame,  # one row per model, as `optimize` returns
     front = table[pareto_front(table, speed)].sort_values(speed)
     ax.plot(front[speed], front.f1, "--", color="grey", lw=1, label="Pareto front")
     ax.set(xlabel=f"items/s at batch {batch_size}", ylabel="holdout weighted F1", title="Variants: quality against speed (area = MB)")
+    ax.margins(x=0.2)  # room for the labels
     ax.legend(loc="lower left")
     return fig
 
