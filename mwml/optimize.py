@@ -34,10 +34,11 @@ from .train import History, ReportEpochs, TrainConfig, _finish_tracking, _start_
 
 # %% auto #0
 __all__ = ['logger', 'QUANT_FORMATS', 'METHODS', 'CPU_FLAGS', 'OptimizeError', 'ExportedGraph', 'export_onnx', 'onnx_tagger',
-           'logit_parity', 'graph_heads', 'fuse_graph', 'calibration_batches', 'quantize_int8', 'batch_agreement',
-           'encoder_layers', 'student_of', 'Distill', 'DistillConfig', 'run_config', 'fit_student', 'unit_importance',
-           'prune', 'measure_speed', 'OptimizeConfig', 'log_variant', 'model_megabytes', 'table_row', 'gate_variant',
-           'make_variants', 'optimize', 'pareto_front', 'plot_pareto', 'flops_per_token', 'batch_flops', 'cpu_facts']
+           'logit_parity', 'graph_heads', 'fuse_graph', 'token_batches', 'calibration_batches', 'quantize_int8',
+           'batch_agreement', 'encoder_layers', 'student_of', 'Distill', 'DistillConfig', 'run_config', 'fit_student',
+           'unit_importance', 'prune', 'measure_speed', 'OptimizeConfig', 'log_variant', 'model_megabytes', 'table_row',
+           'gate_variant', 'make_variants', 'optimize', 'pareto_front', 'plot_pareto', 'flops_per_token', 'batch_flops',
+           'cpu_facts']
 
 # %% ../nbs/09_optimize.ipynb #bc0a6c9e
 logger = logging.getLogger(__name__)
@@ -123,14 +124,21 @@ def fuse_graph(onnx_bytes: bytes,  # a BERT-like graph exported by `export_onnx`
 # %% ../nbs/09_optimize.ipynb #70e1a02c
 QUANT_FORMATS = ("qoperator", "qdq")
 
+def token_batches(tagger: Tagger,  # reads and tokenises the texts
+                  projects: pd.DataFrame,  # frame with `title` and `description`
+                  batch_size: int = 16,  # texts per batch
+                  ) -> list[torch.Tensor]:
+    "Token tensors of `projects` in length-sorted batches, each padded to its longest text, as a Tagger runs them."
+    texts = sorted(tagger.texts(projects.title, projects.description), key=len)
+    return [tagger.encode(texts[i:i + batch_size]) for i in range(0, len(texts), batch_size)]
+
 def calibration_batches(tagger: Tagger,  # reads and tokenises the texts
                         projects: pd.DataFrame,  # representative projects (validation data)
                         batch_size: int = 16,  # texts per batch, length-sorted
                         ) -> list[dict[str, np.ndarray]]:
     "ONNX Runtime inputs (`input_ids`, `attention_mask`) for `projects`, in length-sorted batches."
-    texts = sorted(tagger.texts(projects.title, projects.description), key=len)
-    batches = [tagger.encode(texts[i:i + batch_size]) for i in range(0, len(texts), batch_size)]
-    return [{"input_ids": t[:, 0].numpy().astype(np.int64), "attention_mask": t[:, 1].numpy().astype(np.int64)} for t in batches]
+    return [{"input_ids": t[:, 0].numpy().astype(np.int64), "attention_mask": t[:, 1].numpy().astype(np.int64)}
+            for t in token_batches(tagger, projects, batch_size)]
 
 def quantize_int8(onnx_bytes: bytes,  # a float32 graph
                   form: str = "qoperator",  # `qoperator` (dynamic) or `qdq` (static, calibrated)
@@ -467,7 +475,8 @@ def optimize(ref: str = "champion",  # the model to optimise: a registry alias, 
         raise OptimizeError(f"{ref!r} is a {info.get('kind')} on the {getattr(parent, 'backend', 'sklearn')} backend"
                             f"{'' if info.get('run_id') else ' without an MLflow run'}: optimise a trained torch Tagger, "
                             "by the registry alias, version or run id of its training run")
-    val = load(Path(mlflow.artifacts.download_artifacts(f"runs:/{info['run_id']}/{VALIDATION_ARTIFACT}", dst_path=tempfile.mkdtemp())))
+    with tempfile.TemporaryDirectory() as d:
+        val = load(Path(mlflow.artifacts.download_artifacts(f"runs:/{info['run_id']}/{VALIDATION_ARTIFACT}", dst_path=d)))
     variants = make_variants(parent, info["run_id"], config, val, s)
     holdout = load("holdout", s)
     def measured(name, model, extra):
@@ -531,13 +540,7 @@ def batch_flops(tagger: Tagger,  # a torch or onnx Tagger
                 ) -> float:
     "FLOP to encode `projects` in length-sorted batches, padding included (what the CPU actually computes)."
     config = tagger.model.encoder_config if tagger.backend == "onnx" else tagger.model.encoder.config.to_dict()
-    texts = tagger.texts(projects.title, projects.description)
-    order = np.argsort([len(t) for t in texts], kind="stable")
-    total = 0.0
-    for i in range(0, len(texts), batch_size):
-        tokens = tagger.encode([texts[j] for j in order[i:i + batch_size]])
-        total += tokens.shape[0] * tokens.shape[2] * flops_per_token(config, tokens.shape[2])
-    return total
+    return sum(t.shape[0] * t.shape[2] * flops_per_token(config, t.shape[2]) for t in token_batches(tagger, projects, batch_size))
 
 CPU_FLAGS = ("fma", "avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_int8", "amx_bf16")  # what decides peak and int8 speed
 
