@@ -9,18 +9,23 @@ import importlib.util
 import logging
 import os
 import random
+import socket
 import subprocess
+import sys
 import tempfile
 from dataclasses import dataclass
 from logging.handlers import RotatingFileHandler
 from pathlib import Path
+from urllib.parse import urlparse
 
 import numpy as np
 
 # %% auto #0
-__all__ = ['LOG_LEVELS', 'DEVICES', 'BOOLEANS', 'KIND_NAMES', 'logger', 'MwmlError', 'SettingsError', 'find_project_root',
-           'Settings', 'env_setting', 'get_settings', 'atomic_write', 'LazyFileHandler', 'setup_logging', 'set_seeds',
-           'pick_device', 'artifact_location', 'use_mlflow', 'git_sha', 'init_ray']
+__all__ = ['LOG_LEVELS', 'DEVICES', 'BOOLEANS', 'KIND_NAMES', 'logger', 'RAY_ENV_PREFIXES', 'MwmlError', 'SettingsError',
+           'find_project_root', 'Settings', 'env_setting', 'get_settings', 'atomic_write', 'LazyFileHandler',
+           'setup_logging', 'set_seeds', 'pick_device', 'artifact_location', 'use_mlflow', 'git_sha',
+           'RayConnectionError', 'check_ray_address', 'ray_worker_setup', 'ray_runtime_env', 'ClusterTrackingError',
+           'check_cluster_tracking', 'init_ray']
 
 # %% ../nbs/00_config.ipynb #ccc30c08
 class MwmlError(Exception):
@@ -56,6 +61,8 @@ class Settings:
     experiment: str = "mwml"  # MLflow experiment name
     model_name: str = "mwml-tagger"  # registered model name in the MLflow model registry
     debug: bool = False  # show full tracebacks on the command line
+    ray_storage: str = ""  # Ray Train/Tune storage: a folder or a URI (`s3://...`); "" means `$MWML_HOME/ray_results`
+    ray_dashboard: bool = True  # a local Ray starts its dashboard on 127.0.0.1
 
     @property
     def raw_dir(self) -> Path: return self.data_dir / "raw"
@@ -65,6 +72,8 @@ class Settings:
     def reports_dir(self) -> Path: return self.home / "reports"
     @property
     def log_file(self) -> Path: return self.home / "logs" / "mwml.log"
+    @property
+    def ray_storage_path(self) -> str: return self.ray_storage or str(self.home / "ray_results")
 
 # %% ../nbs/00_config.ipynb #2cccbdd3
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
@@ -119,7 +128,9 @@ def get_settings(env: dict | None = None,  # variables to read; default `os.envi
         http_timeout=env_setting(env, "MWML_HTTP_TIMEOUT", 20.0, float, minimum=0.1),
         experiment=env_setting(env, "MWML_EXPERIMENT", "mwml"),
         model_name=env_setting(env, "MWML_MODEL_NAME", "mwml-tagger"),
-        debug=env_setting(env, "MWML_DEBUG", False, bool))
+        debug=env_setting(env, "MWML_DEBUG", False, bool),
+        ray_storage=env_setting(env, "MWML_RAY_STORAGE", ""),
+        ray_dashboard=env_setting(env, "MWML_RAY_DASHBOARD", True, bool))
 
 # %% ../nbs/00_config.ipynb #8dbf4c0c
 def atomic_write(path: Path | str,  # file to (over)write
@@ -240,17 +251,79 @@ def git_sha(folder: Path | None = None,  # a folder inside the repository; defau
     except (OSError, subprocess.TimeoutExpired): return None
     return out.stdout.strip() if out.returncode == 0 else None
 
+# %% ../nbs/00_config.ipynb #68c25faa
+class RayConnectionError(MwmlError):
+    "The Ray cluster `RAY_ADDRESS` names cannot be reached, or a local Ray cannot start."
+
+def check_ray_address(address: str,  # `host:port` of a cluster's head, `ray://host:port`, or `auto`
+                      timeout: float = 3.0,  # seconds to wait for a TCP connection
+                      ):
+    "Fail within `timeout`, naming the address, when nothing listens there (Ray itself retries for a minute or more)."
+    if address in ("auto", "local"): return  # Ray finds the address itself
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    if not host or not port.isdigit():
+        raise RayConnectionError(f"RAY_ADDRESS={address!r} is not host:port (e.g. 10.0.0.5:6379) nor ray://host:port")
+    try: socket.create_connection((host, int(port)), timeout=timeout).close()
+    except OSError as e:
+        raise RayConnectionError(f"nothing answers at RAY_ADDRESS={address} ({e}): start the cluster (`ray start --head` "
+                                 "there), check it with `ray status`, or unset RAY_ADDRESS to run on a local Ray") from None
+
+# %% ../nbs/00_config.ipynb #cd7c4b44
+def ray_worker_setup():
+    "Ray runs this in every worker process as it starts: its stdout goes to stderr, so the driver's stdout stays the command's."
+    sys.stdout = sys.stderr
+
+# %% ../nbs/00_config.ipynb #17ef5064
+RAY_ENV_PREFIXES = ("MWML_", "MLFLOW_")  # the variables every Ray worker gets from the driver
+
+def ray_runtime_env(settings: Settings | None = None,  # default `get_settings(env)`
+                    env: dict | None = None,  # the driver's variables; default `os.environ`
+                    cluster: bool = False,  # ship the mwml package too (other nodes may have another copy, or none)
+                    ) -> dict:
+    "The `runtime_env` that gives every worker, actor and replica this process's mwml settings."
+    env = os.environ if env is None else env
+    s = settings or get_settings(env)
+    variables = {k: v for k, v in env.items() if k.startswith(RAY_ENV_PREFIXES)}
+    variables.update(MWML_HOME=str(s.home), MLFLOW_TRACKING_URI=s.tracking_uri)  # as resolved here, defaults included
+    runtime_env = {"env_vars": variables, "worker_process_setup_hook": "mwml.config.ray_worker_setup"}
+    if cluster: runtime_env["py_modules"] = [str(Path(importlib.util.find_spec("mwml").origin).parent)]
+    return runtime_env
+
+# %% ../nbs/00_config.ipynb #f84c79a6
+class ClusterTrackingError(MwmlError):
+    "The MLflow store is a file on this machine, but workers on other nodes would log to it."
+
+def check_cluster_tracking(tracking_uri: str,  # the MLflow tracking URI workers will log to
+                           nodes: int,  # alive nodes in the Ray cluster
+                           ):
+    "Refuse a file-based MLflow store (SQLite, `file:`) when the cluster has more than one node."
+    if nodes <= 1 or urlparse(tracking_uri).scheme not in ("sqlite", "file", ""): return
+    raise ClusterTrackingError(
+        f"MLFLOW_TRACKING_URI={tracking_uri} is a file on this machine, but the Ray cluster has {nodes} nodes whose workers "
+        f"log to MLflow: start a tracking server (`mlflow server --backend-store-uri {tracking_uri} --host 0.0.0.0 "
+        "--port 5000`) and set MLFLOW_TRACKING_URI=http://<its host>:5000, or use a database URL (postgresql://...)")
+
 # %% ../nbs/00_config.ipynb #dd945b56
 def init_ray(num_cpus: int | None = None,  # CPUs for a local Ray; default: all
+             settings: Settings | None = None,  # default `get_settings()`
              ):
-    "Connect to `RAY_ADDRESS` when set, else start (or reuse) a local Ray; return the `ray` module."
+    "Connect to `RAY_ADDRESS` when set, else start (or reuse) a local Ray, with mwml's settings for every worker; return `ray`."
     import ray
-    if not ray.is_initialized():
-        address = os.environ.get("RAY_ADDRESS")
-        try: ray.init(address=address or None, num_cpus=None if address else num_cpus, include_dashboard=False,
-                      log_to_driver=False, configure_logging=False)
-        except (ConnectionError, RuntimeError, TimeoutError) as e:
-            where = f"the Ray cluster at RAY_ADDRESS={address}" if address else "a local Ray"
-            raise MwmlError(f"could not start or reach {where}: {e}. Check that the cluster is up (`ray status`), "
-                            "or, on a busy machine, run the command again") from None
+    if ray.is_initialized(): return ray
+    s, address = settings or get_settings(), os.environ.get("RAY_ADDRESS")
+    if address: check_ray_address(address)
+    local = {} if address else {"num_cpus": num_cpus, "include_dashboard": s.ray_dashboard, "dashboard_host": "127.0.0.1"}
+    try: context = ray.init(address=address or None, runtime_env=ray_runtime_env(s, cluster=bool(address)), log_to_driver=True,
+                            configure_logging=False, **local)
+    except (ConnectionError, RuntimeError, TimeoutError) as e:
+        where = f"the Ray cluster at RAY_ADDRESS={address}" if address else "a local Ray"
+        raise RayConnectionError(f"could not start or reach {where}: {e}. Check that the cluster is up (`ray status`), "
+                                 "or, on a busy machine, run the command again") from None
+    nodes = sum(node["Alive"] for node in ray.nodes())
+    try: check_cluster_tracking(s.tracking_uri, nodes)
+    except ClusterTrackingError:
+        ray.shutdown()
+        raise
+    logger.info("Ray: %s, %d node(s), %g CPUs%s", address or "local", nodes, ray.cluster_resources().get("CPU", 0),
+                f", dashboard http://{context.dashboard_url}" if context.dashboard_url else "")
     return ray

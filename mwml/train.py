@@ -19,6 +19,7 @@ import pandas as pd
 import torch
 from fastai.callback.core import Callback
 from fastai.callback.fp16 import MixedPrecision
+from fastai.callback.progress import ProgressCallback
 from fastai.callback.schedule import fit_one_cycle  # noqa: F401  (patches Learner.fit_one_cycle)
 from fastai.callback.tracker import EarlyStoppingCallback, TrackerCallback
 from fastai.callback.training import GradientClip
@@ -292,6 +293,9 @@ def fit_tagger(tagger: Tagger,  # the model to train
         dls = DataLoaders(ray.train.torch.prepare_data_loader(dls.train),
                           ray.train.torch.prepare_data_loader(dls.valid, add_dist_sampler=False))
     learn = make_learner(tagger, dls, config, train.tag, model)
+    if distributed:  # the driver logs each epoch (`FollowEpochs`); the workers' bars and tables would be noise on its console
+        learn.remove_cb(ProgressCallback)
+        learn.recorder.silent = True
     phases = [(config.freeze_epochs, True), (config.epochs, False)]
     for n_epochs, frozen in phases:
         if start_epoch >= history.offset + n_epochs or n_epochs == 0:
@@ -481,7 +485,7 @@ def train_distributed(config: TrainConfig | None = None,  # the run's config
             train_loop_config={"config": asdict(config), "classes": list(classes), "train": train_df, "val": val_df,
                                "run_id": run.info.run_id, "tracking_uri": mlflow.get_tracking_uri()},
             scaling_config=ScalingConfig(num_workers=num_workers, use_gpu=use_gpu, resources_per_worker={"CPU": 1}),
-            run_config=RunConfig(name=run.info.run_id, storage_path=str(s.home / "ray_results"),
+            run_config=RunConfig(name=run.info.run_id, storage_path=s.ray_storage_path,
                                  checkpoint_config=CheckpointConfig(num_to_keep=1, checkpoint_score_attribute="valid_loss",
                                                                     checkpoint_score_order="min")))
         logger.info("training %s for %d epochs on %d rows, %d Ray Train workers", config.backbone, config.epochs, len(train_df),

@@ -261,20 +261,21 @@ def make_tuner(trainable,  # the trial function with its resources
                num_samples: int,  # trials
                searcher,  # from `_searcher`
                cpus_per_trial: float,  # CPUs each trial holds
-               job: Path,  # the job's folder under `ray_results`
-               resume: bool = False,  # restore the interrupted job in `job`
+               job: Path,  # the job's folder under `ray_results`: its name names the Tune experiment
+               storage: str,  # where Ray Tune keeps the job: a folder or a URI (`Settings.ray_storage_path`)
+               resume: bool = False,  # restore the interrupted job
                ):
     "A Ray Tune `Tuner` minimising validation loss with ASHA, or the interrupted one in `job` restored."
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
     from ray.tune.search import ConcurrencyLimiter
-    if resume: return tune.Tuner.restore(str(job), trainable, resume_unfinished=True, resume_errored=False)
+    if resume: return tune.Tuner.restore(f"{storage.rstrip('/')}/{job.name}", trainable, resume_unfinished=True, resume_errored=False)
     capacity = max(1, int(init_ray().cluster_resources().get("CPU", 1) // max(cpus_per_trial, 1e-9)))
     asha = ASHAScheduler(max_t=_max_epochs(base, space), grace_period=2, reduction_factor=3)
     return tune.Tuner(trainable, param_space=tune_space(space),
                       tune_config=tune.TuneConfig(metric="valid_loss", mode="min", num_samples=num_samples, scheduler=asha,
                                                   search_alg=ConcurrencyLimiter(searcher, max_concurrent=capacity)),
-                      run_config=tune.RunConfig(name=job.name, storage_path=str(job.parent), verbose=0,
+                      run_config=tune.RunConfig(name=job.name, storage_path=storage, verbose=0,
                                                 callbacks=[TrialProgress(base, num_samples)]))
 
 # %% ../nbs/05_tune.ipynb #5d877f11
@@ -327,7 +328,7 @@ def search(base: TrainConfig | None = None,  # the config trials start from; def
             tune.with_parameters(_trial, base=asdict(base), classes=classes, train=train_df, val=val_df,
                                  parent_run_id=parent.info.run_id, experiment_id=experiment_id, tracking_uri=mlflow.get_tracking_uri()),
             {"cpu": cpus_per_trial, "gpu": gpus_per_trial})
-        tuner = make_tuner(trainable, base, space, num_samples, searcher, cpus_per_trial, job, resume)
+        tuner = make_tuner(trainable, base, space, num_samples, searcher, cpus_per_trial, job, s.ray_storage_path, resume)
         logger.info("searching %d configs of %s with %s; each trial's end is logged as it ends", num_samples, base.backbone, algorithm)
         with contextlib.redirect_stdout(sys.stderr): results = tuner.fit()  # Tune prints a table even at verbose=0; stdout is the caller's
         trials = trial_table(results, space, base)
