@@ -39,7 +39,9 @@ from common import Benchmark, weights_sha256
 
 HERE = Path(__file__).resolve().parent
 BIN = Path(sys.executable).parent
-BUCKET = re.compile(r'^mwml_batch_size_bucket\{le="([^"]+)"\}\s+(\S+)$', re.M)
+# under Ray Serve each sample also has a `replica` label (one scrape covers every replica): buckets are summed over replicas
+BUCKET = re.compile(r'^mwml_batch_size_bucket\{le="([^"]+)"(?:,replica="[^"]+")?\}\s+(\S+)$', re.M)
+PUSH_S = 1.5  # Ray Serve replicas push their metrics every second: wait this long before reading a run's last batches
 
 
 def percentiles(ms: list[float]) -> dict:
@@ -97,8 +99,11 @@ def spread(values: list[float]) -> dict:
 
 
 def batch_buckets(metrics_text: str) -> dict[str, float]:
-    "Cumulative `mwml_batch_size` histogram buckets (le -> count) from a Prometheus /metrics page; {} without one."
-    return {le: float(n) for le, n in BUCKET.findall(metrics_text)}
+    "Cumulative `mwml_batch_size` histogram buckets (le -> count, summed over replicas) from a /metrics page; {} without one."
+    buckets = {}
+    for le, n in BUCKET.findall(metrics_text):
+        buckets[le] = buckets.get(le, 0.0) + float(n)
+    return buckets
 
 
 def histogram_between(before: dict[str, float], after: dict[str, float]) -> dict | None:
@@ -148,6 +153,7 @@ async def load(base: str, items: list[dict], n: int, concurrency: int, warmup: i
             start = time.perf_counter()
             await asyncio.gather(*[one(rep * n + i, latencies, errors) for i in range(n)])
             seconds = time.perf_counter() - start
+            await asyncio.sleep(PUSH_S)
             after = await metrics(session, base)
             runs.append({"requests": n, "errors": len(errors), "error_kinds": sorted({str(e) for e in errors}),
                          "seconds": seconds, "items_per_s": n / seconds, **percentiles(latencies),

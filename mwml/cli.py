@@ -433,7 +433,8 @@ def _echo_monitoring(run, paths: dict, mlflow_run: str, workspace: Path | None):
 
 @app.command()
 def monitor(model: Annotated[str, typer.Option(help="a registry alias, version or run id (its run keeps the reference)")] = "champion",
-            log: Annotated[Path | None, typer.Option(help="the prediction log (default: the server's, MWML_SERVE_PREDICTION_LOG)")] = None,
+            log: Annotated[str | None, typer.Option(help="the prediction log: a SQLite file or a database URL "
+                                                         "(default: the server's, MWML_SERVE_PREDICTION_LOG)")] = None,
             window: Annotated[int, typer.Option(help="rows per window")] = 200,
             every: Annotated[str | None, typer.Option(help="time windows instead of rows, e.g. 1h, 30min, 1D")] = None,
             since: Annotated[str | None, typer.Option(help="only predictions logged at or after this time (ISO 8601)")] = None,

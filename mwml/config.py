@@ -9,23 +9,31 @@ import importlib.util
 import logging
 import os
 import random
+import re
 import socket
 import subprocess
 import sys
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from logging.handlers import RotatingFileHandler
 from pathlib import Path
 from urllib.parse import urlparse
 
 import numpy as np
+import sqlalchemy as sa
+from sqlalchemy.engine import URL, Connection, Engine, make_url
+from sqlalchemy.exc import ArgumentError, NoSuchModuleError, SQLAlchemyError
 
 # %% auto #0
 __all__ = ['LOG_LEVELS', 'DEVICES', 'BOOLEANS', 'KIND_NAMES', 'logger', 'RAY_ENV_PREFIXES', 'MwmlError', 'SettingsError',
            'find_project_root', 'Settings', 'env_setting', 'get_settings', 'atomic_write', 'LazyFileHandler',
-           'setup_logging', 'set_seeds', 'pick_device', 'artifact_location', 'use_mlflow', 'git_sha',
-           'RayConnectionError', 'check_ray_address', 'ray_worker_setup', 'ray_runtime_env', 'ClusterTrackingError',
-           'check_cluster_tracking', 'init_ray']
+           'setup_logging', 'set_seeds', 'pick_device', 'DatabaseError', 'is_database_url', 'hide_password',
+           'shown_url', 'database_url', 'server_address', 'open_database', 'driver_reason', 'database_error',
+           'connected', 'check_database', 'artifact_location', 'use_mlflow', 'git_sha', 'RayConnectionError',
+           'check_ray_address', 'ray_worker_setup', 'ray_runtime_env', 'ClusterTrackingError', 'check_cluster_tracking',
+           'init_ray']
 
 # %% ../nbs/00_config.ipynb #ccc30c08
 class MwmlError(Exception):
@@ -216,12 +224,135 @@ def pick_device(requested: str | None = None,  # `auto`, `cuda`, `mps` or `cpu`;
                             "set MWML_DEVICE=auto or cpu")
     return requested
 
+# %% ../nbs/00_config.ipynb #01cd3657
+class DatabaseError(MwmlError):
+    "A database mwml cannot open or reach; the message names it (never its password) and what to do."
+
+# %% ../nbs/00_config.ipynb #8d63f96c
+_PASSWORD = re.compile(r"(://[^:/@\s]*:)[^@\s]*@")  # the password in `scheme://user:password@host`
+_DEFAULT_PORTS = {"postgresql": 5432, "mysql": 3306, "mssql": 1433}
+_TIMEOUT_ARGS = {"postgresql": "connect_timeout", "mysql": "connect_timeout"}  # the drivers' connect-timeout argument
+
+# %% ../nbs/00_config.ipynb #7b55269f
+def is_database_url(target: Path | str,  # a file path or a SQLAlchemy URL
+                    ) -> bool:
+    "True when `target` is a database URL (`scheme://...`), False when it is a file path (a SQLite file)."
+    return isinstance(target, str) and "://" in target
+
+# %% ../nbs/00_config.ipynb #19bf36a5
+def hide_password(text: str,  # any text that may hold a URL with a password
+                  ) -> str:
+    "`text` with the password of every `scheme://user:password@` replaced by `***`."
+    return _PASSWORD.sub(r"\1***@", text)
+
+# %% ../nbs/00_config.ipynb #3327f1bc
+def shown_url(url: URL,  # a database URL
+              ) -> str:
+    "`url` as it may appear in messages, logs and reports: its password hidden."
+    return url.render_as_string(hide_password=True)
+
+# %% ../nbs/00_config.ipynb #1e5e9767
+def database_url(target: Path | str,  # a file path (SQLite) or a SQLAlchemy URL, e.g. `postgresql://user:pw@host:5432/db`
+                 ) -> URL:
+    "The SQLAlchemy URL of `target`: a path is `sqlite:///<absolute path>`; plain `postgresql://` means psycopg 3."
+    if not is_database_url(target): return URL.create("sqlite", database=str(Path(target).expanduser().absolute()))
+    try: url = make_url(target)
+    except (ArgumentError, ValueError):  # ValueError: a port that is not a number
+        raise DatabaseError(f"{hide_password(target)!r} is not a database URL: give a file path (SQLite) or a SQLAlchemy URL "
+                            "such as postgresql://user:password@host:5432/database") from None
+    return url.set(drivername="postgresql+psycopg") if url.drivername == "postgresql" else url  # whatever SQLAlchemy's default
+
+# %% ../nbs/00_config.ipynb #5dd181e6
+def server_address(url: URL,  # a database URL naming a server
+                   ) -> str:
+    "`host:port` of the server `url` names (the dialect's default port when it names none)."
+    return f"{url.host or 'localhost'}:{url.port or _DEFAULT_PORTS.get(url.get_backend_name(), 'default port')}"
+
+# %% ../nbs/00_config.ipynb #1c1e7837
+def _sqlite_pragmas(dbapi_connection, connection_record):
+    "WAL (readers never block the writer) and NORMAL sync (WAL stays consistent; a power cut may lose the last writes)."
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.close()
+
+# %% ../nbs/00_config.ipynb #a35b305e
+def open_database(url: URL,  # from `database_url`
+                  connect_timeout: int = 5,  # seconds to wait for a server to answer; SQLite waits 30 s for a lock instead
+                  read_only: bool = False,  # SQLite: open the file read-only (it must exist); servers: no effect
+                  ) -> Engine:
+    "An engine for `url`: SQLite in WAL mode, a server with a connect timeout and a liveness check before each use."
+    try:
+        if url.get_backend_name() == "sqlite":
+            memory = url.database in (None, "", ":memory:")
+            if read_only and not memory:
+                url = url.set(database=f"file:{url.database}", query={**url.query, "mode": "ro", "uri": "true"})
+            elif not memory: Path(url.database).parent.mkdir(parents=True, exist_ok=True)
+            engine = sa.create_engine(url, connect_args={"timeout": 30, "check_same_thread": False},
+                                      poolclass=sa.pool.StaticPool if memory else None)  # one in-memory database, not one per thread
+            if not read_only: sa.event.listen(engine, "connect", _sqlite_pragmas)
+            return engine
+        timeout = _TIMEOUT_ARGS.get(url.get_backend_name())
+        args = {timeout: connect_timeout} if timeout and timeout not in url.query else {}
+        return sa.create_engine(url, connect_args=args, pool_pre_ping=True)
+    except NoSuchModuleError:
+        raise DatabaseError(f"{shown_url(url)}: SQLAlchemy knows no database {url.drivername!r}; "
+                            "write e.g. postgresql://user:password@host:5432/database, or give a file path for SQLite") from None
+    except ModuleNotFoundError as e:
+        raise DatabaseError(f"{shown_url(url)} needs the Python driver {e.name!r}, which is not installed: "
+                            f"pip install {'psycopg[binary]' if e.name == 'psycopg' else e.name}") from None
+
+# %% ../nbs/00_config.ipynb #423f9998
+def driver_reason(error: Exception,  # what SQLAlchemy (or the driver under it) raised
+                  ) -> str:
+    "The first line of the driver's own message (without SQLAlchemy's SQL echo and link), any password hidden."
+    return hide_password((str(getattr(error, "orig", None) or error).strip().splitlines() or [type(error).__name__])[0])
+
+# %% ../nbs/00_config.ipynb #d9b295c6
+def database_error(url: URL,  # the database it happened on
+                   error: SQLAlchemyError,  # what SQLAlchemy raised
+                   ) -> DatabaseError:
+    "A `DatabaseError` naming the database (server: `host:port`), the driver's reason and what to do."
+    reason = driver_reason(error)
+    if url.get_backend_name() == "sqlite":
+        return DatabaseError(f"cannot use the SQLite database {url.database}: {reason}. "
+                             "Check that its folder exists and is writable and that the file is a prediction log")
+    return DatabaseError(f"cannot use the database server at {server_address(url)} ({shown_url(url)}): {reason}. "
+                         "Check that the server is running and reachable from here, and that the user, password and "
+                         "database in the URL are right; or give a file path to log to SQLite instead")
+
+# %% ../nbs/00_config.ipynb #0a482a6b
+@contextmanager
+def connected(engine: Engine,  # from `open_database`
+              begin: bool = True,  # one transaction, committed at the end (rolled back on error); False: just a connection
+              ) -> Iterator[Connection]:
+    "A connection to `engine` whose failures to connect or to run raise `DatabaseError`."
+    try:
+        with engine.begin() if begin else engine.connect() as conn: yield conn
+    except (sa.exc.OperationalError, sa.exc.InterfaceError) as e: raise database_error(engine.url, e) from None
+
+# %% ../nbs/00_config.ipynb #3b0ac295
+def check_database(target: Path | str,  # a file path or a SQLAlchemy URL
+                   connect_timeout: int = 5,  # seconds to wait for a server
+                   ) -> URL:
+    "Connect to `target` once (nothing written); its URL, or `DatabaseError` within about `connect_timeout` seconds."
+    url = database_url(target)
+    engine = open_database(url, connect_timeout, read_only=url.get_backend_name() == "sqlite")
+    try:
+        if url.get_backend_name() != "sqlite":  # a SQLite file is made on first use; nothing to check
+            with connected(engine, begin=False) as conn: conn.execute(sa.text("SELECT 1"))
+    finally: engine.dispose()
+    return url
+
 # %% ../nbs/00_config.ipynb #b79f2a0d
 def artifact_location(tracking_uri: str,  # MLflow tracking URI
+                      home: Path | None = None,  # where a database store's artifacts go (`home/mlartifacts`); default the settings'
                       ) -> str | None:
-    "Where a new experiment keeps artifacts: `mlartifacts/` beside a SQLite store; the server's choice otherwise."
-    if not tracking_uri.startswith("sqlite:///"): return None
-    return (Path(tracking_uri.removeprefix("sqlite:///")).parent / "mlartifacts").as_uri()
+    "Where a new experiment keeps artifacts: `mlartifacts/` beside a SQLite store or in `home`; a tracking server's choice."
+    if tracking_uri.startswith("sqlite:///"): return (Path(tracking_uri.removeprefix("sqlite:///")).parent / "mlartifacts").as_uri()
+    if is_database_url(tracking_uri) and not tracking_uri.startswith(("http:", "https:", "databricks", "file:")):
+        return ((home or get_settings().home) / "mlartifacts").as_uri()  # MLflow's default would be ./mlruns, wherever we run
+    return None
 
 # %% ../nbs/00_config.ipynb #33f0771b
 def use_mlflow(settings: Settings | None = None,  # default `get_settings()`
@@ -231,10 +362,11 @@ def use_mlflow(settings: Settings | None = None,  # default `get_settings()`
     s = settings or get_settings()
     if s.tracking_uri.startswith("sqlite:///"):
         Path(s.tracking_uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    elif artifact_location(s.tracking_uri, s.home): check_database(s.tracking_uri)  # a database server: seconds, not MLflow's minute
     mlflow.set_tracking_uri(s.tracking_uri)
     experiment = mlflow.get_experiment_by_name(s.experiment)
     if experiment is None:
-        try: experiment_id = mlflow.create_experiment(s.experiment, artifact_location=artifact_location(s.tracking_uri))
+        try: experiment_id = mlflow.create_experiment(s.experiment, artifact_location=artifact_location(s.tracking_uri, s.home))
         except mlflow.exceptions.MlflowException:  # another process created it first
             experiment_id = mlflow.get_experiment_by_name(s.experiment).experiment_id
     else: experiment_id = experiment.experiment_id

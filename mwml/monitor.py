@@ -8,11 +8,9 @@ from __future__ import annotations
 import json
 import logging
 import re
-import sqlite3
 import tempfile
 import urllib.error
 import urllib.request
-from contextlib import closing
 from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -30,12 +28,12 @@ from evidently.ui.workspace import Workspace
 from fastprogress.fastprogress import progress_bar
 from scipy import stats
 
-from .config import MwmlError, Settings, atomic_write, get_settings, use_mlflow
+from .config import DatabaseError, MwmlError, Settings, atomic_write, get_settings, use_mlflow
 from .data import prepare, sha256_bytes, validate
 from .evaluate import bootstrap_metrics, confusion_matrices, scores_from_confusion
 from .models import Tagger
 from .registry import Profile, load_model, load_reference
-from .serve import PredictionLog, ServeConfig
+from .serve import ServeConfig, read_predictions, shown_log
 
 # %% auto #0
 __all__ = ['logger', 'CORRECTIONS', 'MAX_TESTS', 'TOKEN', 'LETTER', 'DESCRIPTORS', 'P_VALUE_METHODS', 'MONITORING_EXPERIMENT',
@@ -400,17 +398,14 @@ def utc_time(text: str,  # ISO 8601, e.g. `2026-11-29T06:00` (UTC unless it name
     return stamp.tz_localize("UTC") if stamp.tzinfo is None else stamp.tz_convert("UTC")
 
 # %% ../nbs/13_monitor.ipynb #350f91a1
-def read_log(path: Path | str,  # the SQLite prediction log `mwml serve` writes
+def read_log(path: Path | str,  # the prediction log `mwml serve` writes: a SQLite file or a database URL
              since: str | None = None,  # only rows logged at or after this time (ISO 8601, UTC unless it says)
              until: str | None = None,  # only rows logged before this time
              ) -> tuple[pd.DataFrame, int]:
     "(readable rows sorted by time, with parsed `probabilities` and a UTC `time`; the number of corrupt rows skipped)."
-    path = Path(path)
-    if not path.is_file():
-        raise MonitorError(f"no prediction log at {path}: `mwml serve` writes one as it answers; point --log at another file")
-    try:
-        with closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as db: rows = pd.read_sql(PredictionLog.QUERY, db)
-    except (sqlite3.Error, pd.errors.DatabaseError) as e: raise MonitorError(f"{path} is not a prediction log: {e}") from None
+    try: rows = read_predictions(path)  # read-only: it never creates a log
+    except DatabaseError as e: raise MonitorError(str(e)) from None
+    path = shown_log(path)  # as messages may name it: no password
     def parse(text):
         try: value = json.loads(text)
         except (TypeError, json.JSONDecodeError): return None
@@ -498,8 +493,9 @@ def monitor(model: str = "champion",  # a registry alias, version or run id (its
     if not info["run_id"]:
         raise MonitorError(f"{model} is a folder: monitoring needs a registered model or a run id, whose MLflow run keeps its reference")
     reference = load_reference(info["run_id"])
-    path = Path(log or ServeConfig.from_env().prediction_log)  # where `mwml serve` writes
+    path = log or ServeConfig.from_env().prediction_log  # where `mwml serve` writes: a file or a database URL
     rows, corrupt = read_log(path, since, until)
+    path = shown_log(path)
     mine = rows[rows.model_run_id == info["run_id"]]
     if mine.empty and not rows.empty:
         others = sorted(rows.model_run_id.fillna("a folder").unique())[:3]
@@ -511,7 +507,7 @@ def monitor(model: str = "champion",  # a registry alias, version or run id (its
     reports = [check_window(reference, log_profile(loaded, w), rules, label, vocabulary) for label, w in shown]
     for r in reports:
         if r.fired: logger.warning("window %s: %s (%s)", r.label, r.verdict, ", ".join(c.name for c in r.fired))
-    return MonitorRun(info, reference.meta, rules, reports, str(path), {"corrupt": corrupt, "other models": len(rows) - len(mine)})
+    return MonitorRun(info, reference.meta, rules, reports, path, {"corrupt": corrupt, "other models": len(rows) - len(mine)})
 
 # %% ../nbs/13_monitor.ipynb #b6376ae2
 def plot_monitoring(run: MonitorRun,  # from `monitor`

@@ -52,7 +52,7 @@ def served(tmp_path_factory, good_files):
         wait_until_ready(server, base)
         yield env, base, version
     finally:
-        interrupt(server)
+        interrupt(server, every=30)  # once: shutting down (uvicorn, then the interpreter with torch) can take several seconds
 
 
 def send(base: str, projects: pd.DataFrame, feedback: str | None = None) -> list[str]:
