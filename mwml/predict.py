@@ -168,7 +168,7 @@ def predict_file(src: Path | str,  # input .csv or .parquet with `title` and `de
                  model: str | Predictor = "champion",  # a model reference (see `Predictor.load`) or a loaded `Predictor`
                  chunk_size: int = 1000,  # rows per chunk (bounds memory)
                  use_ray: bool = False,  # run as a Ray Data job (local Ray, or `RAY_ADDRESS`)
-                 num_actors: int | None = None,  # Ray: model replicas; default one per CPU but one (left for reading)
+                 num_actors: int | None = None,  # Ray: model replicas; default one per CPU but one
                  progress: bool = True,  # show a progress bar
                  ) -> int:
     "Predict every row of `src` into `dst`, atomically; return the number of rows."
@@ -199,11 +199,13 @@ def _ray_chunks(src: Path, model: str | Predictor, chunk_size: int, num_actors: 
         model = model.info["ref"]
     ray = init_ray()
     ray.data.DataContext.get_current().execution_options.preserve_order = True
-    num_actors = num_actors or max(1, int(ray.cluster_resources().get("CPU", 2)) - 1)
+    cpus = ray.cluster_resources().get("CPU", 2)
+    num_actors = num_actors or max(1, int(cpus) - 1)
+    read = {"ray_remote_args": {"num_cpus": 0.25}}  # reads are light; they must fit beside the actors
     if _format(src) == ".csv":
-        data = ray.data.read_csv(str(src.resolve()), convert_options=pa_csv.ConvertOptions(strings_can_be_null=False))
-    else: data = ray.data.read_parquet(str(src.resolve()))
+        data = ray.data.read_csv(str(src.resolve()), convert_options=pa_csv.ConvertOptions(strings_can_be_null=False), **read)
+    else: data = ray.data.read_parquet(str(src.resolve()), **read)
     ds = data.map_batches(
         _RayPredict, fn_constructor_kwargs={"ref": model, "batch_size": 64}, batch_size=chunk_size, batch_format="pandas",
-        concurrency=num_actors, num_cpus=1)
+        concurrency=num_actors, num_cpus=max(0.25, min(1.0, (cpus - 0.5) / num_actors)))
     yield from ds.iter_batches(batch_size=chunk_size, batch_format="pandas")

@@ -492,7 +492,10 @@ def train_distributed(config: TrainConfig | None = None,  # the run's config
                     num_workers)
         try:
             with FollowEpochs(run.info.run_id, config.freeze_epochs + config.epochs): ray_result = trainer.fit()
-        except Exception as e: raise TrainingError(f"Ray Train failed: {e}") from e
+        except Exception as e:  # the run ends FAILED (`start_run` sees the error), with the reason beside it
+            mlflow.set_tag("failure", f"{type(e).__name__}: {e}"[:5000])
+            raise TrainingError(f"Ray Train failed: {e}. MLflow run {run.info.run_id} is marked FAILED; "
+                                "run the command again once every node is back (`ray status`)") from e
         with ray_result.best_checkpoints[0][0].as_directory() as d: tagger = Tagger.load(Path(d) / "tagger")
         scores = _finish_tracking(tagger, val_df, holdout, output)
     logger.info("tagger run %s: holdout weighted F1 %.3f", run.info.run_id, scores["holdout"]["f1"])

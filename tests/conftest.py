@@ -6,7 +6,9 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -107,14 +109,14 @@ def wait_until_ready(server: subprocess.Popen, base: str, patience: float = 180)
     raise AssertionError("the server did not get ready")
 
 
-@pytest.fixture
-def mlflow_server(tmp_path):
-    "A real `mlflow server` on 127.0.0.1 with its own SQLite store and served artifacts."
+@contextmanager
+def running_mlflow_server(folder: Path):
+    "A real `mlflow server` on 127.0.0.1 with its SQLite store and served artifacts in `folder`: yields its URL."
     port = free_port()
     server = subprocess.Popen(
         [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
-         "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}", "--artifacts-destination", str(tmp_path / "served")],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+         "--backend-store-uri", f"sqlite:///{folder / 'server.db'}", "--artifacts-destination", str(folder / "served")],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
     )  # fmt: skip
     try:
         deadline = time.monotonic() + 120
@@ -126,6 +128,34 @@ def mlflow_server(tmp_path):
                 assert server.poll() is None, "mlflow server exited"
                 time.sleep(0.5)
         yield f"http://127.0.0.1:{port}"
-    finally:
-        server.terminate()
-        server.wait(30)
+    finally:  # the server, its uvicorn worker and job runners: the whole process group (up to 25 s to exit on SIGTERM: then killed)
+        os.killpg(server.pid, signal.SIGTERM)
+        try:
+            server.wait(20)
+        except subprocess.TimeoutExpired:
+            os.killpg(server.pid, signal.SIGKILL)
+            server.wait()
+
+
+@pytest.fixture
+def mlflow_server(tmp_path):
+    "A real `mlflow server` on 127.0.0.1 for one test."
+    with running_mlflow_server(tmp_path) as url:
+        yield url
+
+
+def hammer(url: str, n: int, concurrency: int, headers: dict, results: list):
+    "Send `n` one-item predictions from `concurrency` threads; append each status (or the exception name) to `results`."
+
+    def worker(ids):
+        with httpx.Client(timeout=30) as http:
+            for i in ids:
+                try:
+                    results.append(http.post(url, json={"items": [{"title": f"object detection {i}"}]}, headers=headers).status_code)
+                except httpx.HTTPError as e:
+                    results.append(type(e).__name__)
+
+    threads = [threading.Thread(target=worker, args=(range(k, n, concurrency),)) for k in range(concurrency)]
+    for t in threads:
+        t.start()
+    return threads

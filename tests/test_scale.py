@@ -1,16 +1,33 @@
 """Scale-out: the Serve config file that `serve build` checks, and mwml on a real two-node Ray cluster started with
 `ray start` (train, tune, batch prediction and serving with every node used, then a node killed while requests flow)."""
 
+import json
+import os
+import shutil
+import signal
+import socket
 import subprocess
 import sys
+import tempfile
+import time
 from pathlib import Path
 
+import httpx
+import mlflow
+import numpy as np
+import pandas as pd
+import pytest
 import yaml
+from conftest import MWML, ROOT, free_port, hammer, run_mwml, running_mlflow_server, start_mwml, wait_until_ready
 from ray.serve.schema import ServeDeploySchema
+from ray.util.state import list_actors
+from ray_cluster import start_cluster
 
+from mwml.config import get_settings
+from mwml.data import load
+from mwml.predict import Predictor
 from mwml.serve import AppArgs
 
-ROOT = Path(__file__).resolve().parent.parent
 SERVE = Path(sys.executable).parent / "serve"
 
 
@@ -25,3 +42,166 @@ def test_the_sample_serve_config_is_what_serve_build_writes(tmp_path):
     [deployment] = sample["applications"][0]["deployments"]
     assert deployment == {**app["deployments"][0], "num_replicas": 2}  # the code's deployment, with two replicas
     assert set(mine.runtime_env["env_vars"]) == {"MLFLOW_TRACKING_URI", "MWML_SERVE_PREDICTION_LOG"}
+
+
+# --- mwml on a real two-node Ray cluster (`ray start`, 1 CPU a node), one cluster for the module -------------------------
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    "A head and a second node (custom resource `node2`) on 127.0.0.1; every process of both stopped afterwards."
+    root = Path(tempfile.mkdtemp(prefix="rc", dir="/tmp"))  # short: Ray's socket paths must stay under 108 characters
+    # Serve's proxy prefers replicas on its own node; with the proxy on the head only, spread requests over both nodes
+    c = start_cluster(root, node_env={"RAY_SERVE_PROXY_PREFER_LOCAL_NODE_ROUTING": "0"})
+    try:
+        yield c
+    finally:
+        c.stop()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def tracking(tmp_path_factory):
+    "The tracking server every node's workers log to."
+    with running_mlflow_server(tmp_path_factory.mktemp("tracking")) as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def on_cluster(cluster, tracking, good_files, tmp_path_factory):
+    "Environment for `mwml` commands that run on the cluster: RAY_ADDRESS (and its token), the tracking server, a home."
+    home = tmp_path_factory.mktemp("scale") / "home"
+    home.mkdir()
+    variables = {k: v for k, v in os.environ.items() if k not in ("MWML_DATA_DIR", "IN_TEST", "MWML_DEBUG")}
+    return {**variables, **cluster.env, "MWML_HOME": str(home), "MWML_DATA_MIRROR": str(good_files), "MLFLOW_TRACKING_URI": tracking}
+
+
+def actor_nodes(cluster, class_name: str) -> list[str]:
+    "The node ids of every actor of `class_name` the cluster has run, alive or dead (from the head's state API)."
+    actors = list_actors(address=cluster.head_dashboard_url, filters=[("class_name", "=", class_name)], detail=True, limit=1000,
+                         raise_on_missing_output=False)  # fmt: skip
+    return [a.node_id for a in actors]
+
+
+def both_nodes(cluster) -> set[str]:
+    return {cluster.head_id(), cluster.node2_id()}
+
+
+@pytest.fixture(scope="module")
+def trained(cluster, on_cluster):
+    "`mwml train --num-workers 2` on the cluster, then `mwml register`: (the run id, the registered version)."
+    r = run_mwml("train", "--backbone", "tiny", "--epochs", "1", "--sample-size", "200", "--num-workers", "2", env=on_cluster, timeout=600)
+    assert r.returncode == 0, r.stderr[-4000:]
+    run_id = r.stdout.split("MLflow run ")[1].split()[0]
+    r = run_mwml("register", run_id, env=on_cluster)
+    assert r.returncode == 0, r.stderr[-4000:]
+    return run_id, r.stdout.split("version ")[1].split()[0]
+
+
+def test_train_puts_one_worker_on_each_node_and_tracks_through_the_server(cluster, on_cluster, trained):
+    run_id, _ = trained
+    assert set(actor_nodes(cluster, "RayTrainWorker")) == both_nodes(cluster)
+    run = mlflow.MlflowClient(on_cluster["MLFLOW_TRACKING_URI"]).get_run(run_id)
+    assert run.info.status == "FINISHED" and run.data.params["num_workers"] == "2"
+    assert "valid_loss" in run.data.metrics  # logged by the rank-0 worker, wherever it ran
+
+
+def test_a_file_tracking_store_is_refused_on_a_multi_node_cluster(on_cluster):
+    env = {**on_cluster, "MLFLOW_TRACKING_URI": f"sqlite:///{on_cluster['MWML_HOME']}/local.db"}
+    r = run_mwml("train", "--backbone", "tiny", "--epochs", "1", "--sample-size", "200", "--num-workers", "2", env=env)
+    assert r.returncode != 0 and "the Ray cluster has 2 nodes" in r.stderr and "start a tracking server" in r.stderr, r.stderr[-3000:]
+
+
+def test_tune_runs_its_trials_on_the_cluster(cluster, on_cluster):
+    r = run_mwml("tune", "--backbone", "tiny", "--num-samples", "4", "--sample-size", "200", "--max-epochs", "2", "--json",
+                 env=on_cluster, timeout=900)  # fmt: skip
+    assert r.returncode == 0, r.stderr[-4000:]
+    result = json.loads(r.stdout)
+    assert len(result["trials"]) == 4, result
+    assert set(actor_nodes(cluster, "ImplicitFunc")) == both_nodes(cluster)  # Tune's trial actors
+
+
+def test_predict_file_on_both_nodes_matches_the_local_run(cluster, on_cluster, trained, tmp_path):
+    _, version = trained
+    projects = load("holdout", get_settings(on_cluster))[["title", "description"]]
+    projects.to_csv(tmp_path / "in.csv", index=False)
+    r = run_mwml("predict-file", tmp_path / "in.csv", tmp_path / "ray.csv", "--model", version, "--ray", "--num-actors", "2",
+                 env=on_cluster)  # fmt: skip
+    assert r.returncode == 0, r.stderr[-4000:]
+    assert set(actor_nodes(cluster, "MapWorker(MapBatches(_RayPredict))")) == both_nodes(cluster)
+    local = {k: v for k, v in on_cluster.items() if k != "RAY_ADDRESS"}
+    r = run_mwml("predict-file", tmp_path / "in.csv", tmp_path / "local.csv", "--model", version, env=local)
+    assert r.returncode == 0, r.stderr[-4000:]
+    pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "ray.csv"), pd.read_csv(tmp_path / "local.csv"), atol=1e-6)
+
+
+def test_serve_puts_a_replica_on_each_node_and_survives_losing_one(cluster, on_cluster, trained, tmp_path):
+    _, version = trained
+    port = free_port()
+    env = {**on_cluster, "MWML_SERVE_PREDICTION_LOG": str(tmp_path / "predictions.db")}
+    server = start_mwml("serve", "--model", version, "--replicas", "2", "--port", port, env=env)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        wait_until_ready(server, base)
+        assert set(actor_nodes(cluster, "ServeReplica:mwml:mwml")) == both_nodes(cluster)
+        holdout = load("holdout", get_settings(env)).head(16)
+        items = [{"title": t, "description": d} for t, d in zip(holdout.title, holdout.description)]
+        answers = httpx.post(f"{base}/predict", json={"items": items}, timeout=60).json()["predictions"]
+        mlflow.set_tracking_uri(env["MLFLOW_TRACKING_URI"])
+        expected = Predictor.load(version, settings=get_settings(env)).predict(items)
+        assert [a["tag"] for a in answers] == [e["tag"] for e in expected]
+        np.testing.assert_allclose([list(a["probabilities"].values()) for a in answers],
+                                   [list(e["probabilities"].values()) for e in expected], atol=1e-6)  # fmt: skip
+
+        # the second node dies while requests flow: at most the requests in flight fail, the head's replica serves on
+        results = []
+        threads = hammer(f"{base}/predict", 300, 4, {}, results)
+        time.sleep(3)
+        cluster.kill_second_node()
+        for t in threads:
+            t.join()
+        failed = [s for s in results if s != 200]
+        print(f"killed the second node under load: {len(results) - len(failed)} of {len(results)} served, failures {failed}")
+        assert len(results) == 300 and len(failed) <= 4, failed
+        assert all(s == 200 for s in results[-50:])
+    finally:
+        server.send_signal(signal.SIGTERM)
+        try:
+            server.communicate(timeout=90)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.communicate()
+        cluster.restart_second_node()
+
+
+def test_a_node_dying_mid_training_ends_the_run_failed_with_the_reason(cluster, on_cluster):
+    client = mlflow.MlflowClient(on_cluster["MLFLOW_TRACKING_URI"])
+    before = {r.info.run_id for r in client.search_runs([client.get_experiment_by_name("mwml").experiment_id])}
+    args = ["train", "--backbone", "tiny", "--epochs", "60", "--sample-size", "400", "--num-workers", "2"]
+    trainer = subprocess.Popen([str(MWML), *args], env=on_cluster, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 300
+        while True:  # until the new run has logged an epoch: the workers are training
+            runs = [r for r in client.search_runs([client.get_experiment_by_name("mwml").experiment_id]) if r.info.run_id not in before]
+            if runs and "valid_loss" in runs[0].data.metrics:
+                break
+            assert trainer.poll() is None, trainer.communicate()
+            assert time.monotonic() < deadline, "training did not log an epoch"
+            time.sleep(1)
+        cluster.kill_second_node()
+        _, stderr = trainer.communicate(timeout=300)
+    finally:
+        if trainer.poll() is None:
+            trainer.kill()
+        cluster.restart_second_node()
+    assert trainer.returncode != 0 and "Ray Train failed" in stderr and "is marked FAILED" in stderr, stderr[-3000:]
+    run = client.get_run(runs[0].info.run_id)
+    assert run.info.status == "FAILED" and run.data.tags["failure"], run.data.tags
+
+
+def test_a_ray_address_that_points_nowhere_fails_in_seconds(on_cluster):
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+    r = run_mwml("train", "--backbone", "tiny", "--num-workers", "2", env={**on_cluster, "RAY_ADDRESS": f"127.0.0.1:{port}"}, timeout=120)
+    assert r.returncode != 0 and f"nothing answers at RAY_ADDRESS=127.0.0.1:{port}" in r.stderr, r.stderr[-3000:]

@@ -7,7 +7,6 @@ import os
 import re
 import signal
 import subprocess
-import threading
 import time
 
 import httpx
@@ -15,7 +14,7 @@ import mlflow
 import numpy as np
 import psutil
 import pytest
-from conftest import free_port, interrupt, run_mwml, start_mwml, wait_until_ready
+from conftest import free_port, hammer, interrupt, run_mwml, start_mwml, wait_until_ready
 from fastapi.testclient import TestClient
 
 from mwml.config import get_settings
@@ -225,23 +224,6 @@ def assert_serves_the_champion(base: str, env: dict) -> int:
     np.testing.assert_allclose([list(a["probabilities"].values()) for a in served],
                                [list(e["probabilities"].values()) for e in expected], atol=1e-6)  # fmt: skip
     return len(items)
-
-
-def hammer(url: str, n: int, concurrency: int, headers: dict, results: list):
-    "Send `n` one-item predictions from `concurrency` threads; append each status (or the exception name) to `results`."
-
-    def worker(ids):
-        with httpx.Client(timeout=30) as http:
-            for i in ids:
-                try:
-                    results.append(http.post(url, json={"items": [{"title": f"object detection {i}"}]}, headers=headers).status_code)
-                except httpx.HTTPError as e:
-                    results.append(type(e).__name__)
-
-    threads = [threading.Thread(target=worker, args=(range(k, n, concurrency),)) for k in range(concurrency)]
-    for t in threads:
-        t.start()
-    return threads
 
 
 def reload_under_load(server, base: str, env: dict, version: str, requests: int = 200):
