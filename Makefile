@@ -14,7 +14,7 @@ export MWML_DATA_MIRROR := $(SHARED_MIRROR)
 endif
 endif
 
-.PHONY: help setup run serve monitor test sync-check lint format bench bench-train bench-tune bench-evaluate bench-serve bench-monitor bench-optimize bench-footprint docs readme lab clean
+.PHONY: help setup run serve monitor test sync-check lint format bench bench-train bench-tune bench-evaluate bench-serve bench-monitor bench-optimize bench-scale bench-footprint docs readme lab clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-11s %s\n", $$1, $$2}'
@@ -70,6 +70,9 @@ bench-monitor: setup ## drift detection, false alarms and label-free F1 error ov
 
 bench-optimize: setup ## every variant (ONNX fp32, int8, student, pruned, their int8) on one table, QOperator vs QDQ, memory, FLOP/s vs peak (trains MiniLM unless MODEL=...; about 30 min)
 	$(BIN)/python benchmarks/optimize.py $(if $(MODEL),--model $(MODEL)) --keep $(or $(VARIANTS),/tmp/mwml-variants)
+
+bench-scale: setup ## Ray Serve's batching (serve.batch vs MicroBatcher), serve at concurrency 32 and predict-file on one node and on a real two-node cluster (about 15 min)
+	$(BIN)/python benchmarks/scale.py $(if $(MODEL),--model $(MODEL))
 
 bench-footprint: setup ## venv size; make setup and make test on a fresh clone, timed
 	$(BIN)/python benchmarks/footprint.py

@@ -360,6 +360,7 @@ def use_mlflow(settings: Settings | None = None,  # default `get_settings()`
     "Point MLflow at the settings' store and experiment (created on first use); return the experiment id."
     import mlflow
     s = settings or get_settings()
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")  # with a server, MLflow prints run links on stdout: ours
     if s.tracking_uri.startswith("sqlite:///"):
         Path(s.tracking_uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
     elif artifact_location(s.tracking_uri, s.home): check_database(s.tracking_uri)  # a database server: seconds, not MLflow's minute

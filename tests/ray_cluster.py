@@ -157,14 +157,22 @@ class RayCluster:
         "The head's dashboard (and state API, and Serve REST API)."
         return f"http://{LOOPBACK}:{self.dashboard_port}"
 
-    def nodes(self) -> list[dict]:
-        "Every node the GCS knows, alive or dead, from the head's state API (no `ray.init` in this process)."
+    def state(self, resource: str) -> list[dict]:
+        "Rows of the head's state API (`nodes`, `actors`, ...), alive or dead (no `ray.init` in this process)."
         req = urllib.request.Request(
-            f"{self.head_dashboard_url}/api/v0/nodes?limit=100&detail=true",
+            f"{self.head_dashboard_url}/api/v0/{resource}?limit=1000&detail=true",
             headers={"Authorization": f"Bearer {self.env['RAY_AUTH_TOKEN']}"},
         )
         with urllib.request.urlopen(req, timeout=10) as r:
             return json.load(r)["data"]["result"]["result"]
+
+    def nodes(self) -> list[dict]:
+        "Every node the GCS knows, alive or dead."
+        return self.state("nodes")
+
+    def actor_nodes(self, class_name: str) -> list[str]:
+        "The node ids of every actor whose class name contains `class_name` that the cluster has run, alive or dead."
+        return [a["node_id"] for a in self.state("actors") if class_name in a["class_name"]]
 
     def alive_nodes(self) -> list[dict]:
         "The nodes the GCS holds ALIVE."

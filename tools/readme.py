@@ -377,6 +377,29 @@ def optimize(r: Results) -> str:
     return "\n".join([table(header, rows), *why, "", note, "", flops, "", goals, "", provenance(d)])
 
 
+def scale(r: Results) -> str:
+    "Ray Serve's batching before and after, serving at concurrency 32 and predict-file on one node and on two."
+    d = r("scale")
+    serve, handle, predict = d["serve_at_32"], d["batcher_via_handle"], d["predict_file"]
+    rows = [(name, f"{v['items_per_s']['median']:.0f} ({v['items_per_s']['min']:.0f}–{v['items_per_s']['max']:.0f})",
+             f"{v['p99_ms']['median']:.0f} ms", f"{v['mean_batch']:.1f}" if v["mean_batch"] else "–", str(v["errors"]))
+            for name, v in serve.items()]  # fmt: skip
+    rows += [(f"one Ray Serve replica through a handle (no HTTP), {name}", f"{v['items_per_s']:.0f}", "–", f"{v['mean_batch']:.1f}", "–")
+             for name, v in handle.items()]  # fmt: skip
+    runs = [
+        (name, f"{v['rows']:,}", f"{v['seconds']:.1f} s", f"{v['rows_per_s']:,.0f}") for name, v in predict.items() if isinstance(v, dict)
+    ]
+    same = ", ".join(f"{name.split(':')[0]} {'yes' if v else '**no**'}" for name, v in predict.items() if not isinstance(v, dict))
+    c = d["cluster"]
+    note = (f"One-item requests at concurrency 32, {d['repeats']} runs of {d['requests_per_run']} after a warm-up; mean batch = items "
+            f"per forward pass from `/metrics` over the whole run. The two nodes are two `ray start` processes on this one machine, "
+            f"1 CPU each ({c['start_seconds']:.0f} s to start both), so they share the cores of the one-node runs: they show what "
+            f"a cluster costs and that the work lands on both nodes, not a speed-up. Same predictions in-process, on one node and "
+            f"on two: {same}.")  # fmt: skip
+    return "\n".join([table(("serving", "items/s (range)", "p99", "mean batch", "errors"), rows), "",
+                      table(("`mwml predict-file`", "rows", "wall", "rows/s"), runs), "", note, "", provenance(d)])  # fmt: skip
+
+
 def footprint(r: Results) -> str:
     "Disk, setup and test times (inline)."
     d = r("footprint")
@@ -413,7 +436,8 @@ def flagged_cells(r: Results) -> str:
 
 FIGURES = {"flagged-cells": flagged_cells, "needs": needs, "train-time": train_time, "baseline-time": baseline_time,
            "baseline-f1": baseline_f1, "train": train, "tune": tune, "evaluate": evaluate, "serve": serve, "baseline": baseline,
-           "footprint": footprint, "monitor": monitor, "optimize": optimize, "serve-int8": serve_int8}  # fmt: skip
+           "footprint": footprint, "monitor": monitor, "optimize": optimize, "serve-int8": serve_int8,
+           "scale": scale}  # fmt: skip
 
 
 # the notebook and the README --------------------------------------------------------------------------------
