@@ -1,7 +1,7 @@
 """Measure online inference: in-process latency and batch throughput (with where the time goes: tokenisation
 vs model, medians of 20 calls), then one-item requests over HTTP on 127.0.0.1 at concurrency 1, 8 and 32 for (a) a naive
 per-request FastAPI handler (benchmarks/naive_server.py), (b) `mwml serve --replicas 0` (uvicorn alone,
-asyncio micro-batching) and (c) `mwml serve --replicas 1` (Ray Serve, `serve.batch`).
+asyncio micro-batching) and (c) `mwml serve --replicas 1` (Ray Serve, the same micro-batching in each replica).
 
 Every server gets the same requests at every concurrency: a warm-up that is not counted, then `--repeats`
 runs of `--requests` requests each; the JSON keeps every run and the median and range over them. For the

@@ -198,7 +198,9 @@ def _ray_chunks(src: Path, model: str | Predictor, chunk_size: int, num_actors: 
                                                          "not a Predictor built in memory")
         model = model.info["ref"]
     ray = init_ray()
-    ray.data.DataContext.get_current().execution_options.preserve_order = True
+    context = ray.data.DataContext.get_current()
+    context.execution_options.preserve_order = True
+    context.wait_for_min_actors_s = 300  # every actor up before the first batch: else the first one ready may do all the work
     cpus = ray.cluster_resources().get("CPU", 2)
     num_actors = num_actors or max(1, int(cpus) - 1)
     read = {"ray_remote_args": {"num_cpus": 0.25}}  # reads are light; they must fit beside the actors

@@ -174,6 +174,14 @@ class RayCluster:
         "The node ids of every actor whose class name contains `class_name` that the cluster has run, alive or dead."
         return [a["node_id"] for a in self.state("actors") if class_name in a["class_name"]]
 
+    def wait_idle(self, timeout: float = 120.0):
+        "Block until no placement group holds resources (Train and Tune release theirs a little after they end)."
+        deadline = time.monotonic() + timeout
+        while held := [g for g in self.state("placement_groups") if g["state"] in ("CREATED", "PENDING", "RESCHEDULING")]:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"placement groups still hold resources: {held}")
+            time.sleep(1)
+
     def alive_nodes(self) -> list[dict]:
         "The nodes the GCS holds ALIVE."
         return [n for n in self.nodes() if n["state"] == "ALIVE"]

@@ -119,8 +119,9 @@ def test_predict_file_on_both_nodes_matches_the_local_run(cluster, on_cluster, t
     _, version = trained
     projects = load("holdout", get_settings(on_cluster))[["title", "description"]]
     projects.to_csv(tmp_path / "in.csv", index=False)
+    cluster.wait_idle()  # both CPUs free, so that each node can take an actor
     r = run_mwml("predict-file", tmp_path / "in.csv", tmp_path / "ray.csv", "--model", version, "--ray", "--num-actors", "2",
-                 env=on_cluster)  # fmt: skip
+                 "--chunk-size", "50", env=on_cluster)  # fmt: skip
     assert r.returncode == 0, r.stderr[-4000:]
     assert set(cluster.actor_nodes("_RayPredict")) == both_nodes(cluster)
     local = {k: v for k, v in on_cluster.items() if k != "RAY_ADDRESS"}
@@ -133,6 +134,7 @@ def test_serve_puts_a_replica_on_each_node_and_survives_losing_one(cluster, on_c
     _, version = trained
     port = free_port()
     env = {**on_cluster, "MWML_SERVE_PREDICTION_LOG": str(tmp_path / "predictions.db")}
+    cluster.wait_idle()
     server = start_mwml("serve", "--model", version, "--replicas", "2", "--port", port, env=env)
     base = f"http://127.0.0.1:{port}"
     try:
