@@ -170,9 +170,10 @@ class RayCluster:
         "Every node the GCS knows, alive or dead."
         return self.state("nodes")
 
-    def actor_nodes(self, class_name: str) -> list[str]:
-        "The node ids of every actor whose class name contains `class_name` that the cluster has run, alive or dead."
-        return [a["node_id"] for a in self.state("actors") if class_name in a["class_name"]]
+    def actor_nodes(self, class_name: str, alive: bool = False) -> list[str]:
+        "The node ids of the actors whose class name contains `class_name` that ran (alive or dead, or `alive` only)."
+        actors = [a for a in self.state("actors") if class_name in a["class_name"] and a["node_id"]]  # placed at some point
+        return [a["node_id"] for a in actors if not alive or a["state"] == "ALIVE"]
 
     def wait_idle(self, timeout: float = 120.0):
         "Block until no placement group holds resources (Train and Tune release theirs a little after they end)."

@@ -51,7 +51,8 @@ def cluster(tmp_path_factory):
     "A head and a second node (custom resource `node2`) on 127.0.0.1; every process of both stopped afterwards."
     root = Path(tempfile.mkdtemp(prefix="rc", dir="/tmp"))  # short: Ray's socket paths must stay under 108 characters
     # Serve's proxy prefers replicas on its own node; with the proxy on the head only, spread requests over both nodes
-    c = start_cluster(root, node_env={"RAY_SERVE_PROXY_PREFER_LOCAL_NODE_ROUTING": "0"})
+    # Two nodes and a test's worth of processes on two cores: a raylet starved for a few seconds must not be declared dead
+    c = start_cluster(root, node_env={"RAY_SERVE_PROXY_PREFER_LOCAL_NODE_ROUTING": "0", "RAY_health_check_failure_threshold": "10"})
     try:
         yield c
     finally:
@@ -138,8 +139,11 @@ def test_serve_puts_a_replica_on_each_node_and_survives_losing_one(cluster, on_c
     server = start_mwml("serve", "--model", version, "--replicas", "2", "--port", port, env=env)
     base = f"http://127.0.0.1:{port}"
     try:
-        wait_until_ready(server, base)
-        assert set(cluster.actor_nodes("ServeReplica")) == both_nodes(cluster)
+        wait_until_ready(server, base)  # one replica answers; Serve may still be (re)starting the other
+        deadline = time.monotonic() + 180
+        while set(cluster.actor_nodes("ServeReplica", alive=True)) != both_nodes(cluster):
+            assert time.monotonic() < deadline, f"no live replica on each node: {cluster.state('actors')}"
+            time.sleep(2)
         holdout = load("holdout", get_settings(env)).head(16)
         items = [{"title": t, "description": d} for t, d in zip(holdout.title, holdout.description)]
         answers = httpx.post(f"{base}/predict", json={"items": items}, timeout=60).json()["predictions"]
