@@ -30,6 +30,7 @@ from serve import BIN, PUSH_S, free_port, load, loadavg, start, stop
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "tests"))
+from conftest import running_mlflow_server  # noqa: E402  (the tests' tracking server: a cluster refuses a SQLite store)
 from ray_cluster import start_cluster  # noqa: E402  (the same cluster the tests start)
 
 CONCURRENCY = 32
@@ -208,14 +209,17 @@ def main():
 
     root = Path(tempfile.mkdtemp(prefix="rc", dir="/tmp"))
     t0 = time.perf_counter()
-    cluster = start_cluster(root, node_env={"RAY_SERVE_PROXY_PREFER_LOCAL_NODE_ROUTING": "0"})
+    node_env = {"RAY_SERVE_PROXY_PREFER_LOCAL_NODE_ROUTING": "0", "RAY_health_check_failure_threshold": "10"}  # as tests/test_scale.py
+    cluster = start_cluster(root, node_env=node_env)
     result["cluster"] = {"nodes": 2, "cpus_per_node": 1, "start_seconds": time.perf_counter() - t0, "timings": cluster.timings}
     try:
-        on_cluster = {**env, **cluster.env}
-        serve["Ray Serve, 2 replicas, 2 nodes"] = serve_at_32("ray-2nodes", 2, ref, on_cluster, items, args.requests, args.repeats, work)
-        for name, model, src in (("baseline", baseline, big), ("minilm", ref, small)):
-            predict[f"{name}, Ray Data, 2 nodes"] = predict_file(f"{name}-ray2", model, src, on_cluster, work, ray=True, actors=2)
-        result["cluster"]["memory_mib"] = cluster.memory_mb()
+        with running_mlflow_server(work / "tracking") as tracking:
+            on_cluster = {**env, **cluster.env, "MLFLOW_TRACKING_URI": tracking}
+            two = serve_at_32("ray-2nodes", 2, ref, on_cluster, items, args.requests, args.repeats, work)
+            serve["Ray Serve, 2 replicas, 2 nodes"] = two
+            for name, model, src in (("baseline", baseline, big), ("minilm", ref, small)):
+                predict[f"{name}, Ray Data, 2 nodes"] = predict_file(f"{name}-ray2", model, src, on_cluster, work, ray=True, actors=2)
+            result["cluster"]["memory_mib"] = cluster.memory_mb()
     finally:
         cluster.stop()
         shutil.rmtree(root, ignore_errors=True)
@@ -224,7 +228,8 @@ def main():
             same_predictions(work / f"{name}-local.csv", work / f"{name}-ray2.csv")  # fmt: skip
     result["serve_at_32"], result["predict_file"] = serve, predict
     rows = [(name, f"{r['items_per_s']['median']:.0f} ({r['items_per_s']['min']:.0f}–{r['items_per_s']['max']:.0f})",
-             f"{r['p99_ms']['median']:.0f}", f"{r['mean_batch']:.1f}" if r["mean_batch"] else "–") for name, r in serve.items()]  # fmt: skip
+             f"{r['p99_ms']['median']:.0f}", f"{r['mean_batch']:.1f}" if r["mean_batch"] else "–")
+            for name, r in serve.items()]  # fmt: skip
     rows += [(f"handle, {b}", f"{r['items_per_s']:.0f}", "–", f"{r['mean_batch']:.1f}") for b, r in result["batcher_via_handle"].items()]
     rows += [(f"predict-file {name}", f"{r['rows_per_s']:.0f} rows/s ({r['rows']} rows)", "–", "–")
              for name, r in predict.items() if isinstance(r, dict)]  # fmt: skip
