@@ -292,6 +292,12 @@ def test_mwml_serve_on_ray_serve(served):
         wait_until_ready(server, base)
         assert_serves_the_champion(base, env)
 
+        # both replicas answer before one is killed (/ready needs only one; the other may still be loading its model)
+        deadline = time.monotonic() + 180
+        while len({httpx.get(f"{base}/model", headers=TOKEN, timeout=10).headers["X-Mwml-Replica"] for _ in range(20)}) < 2:
+            assert time.monotonic() < deadline, "the second replica never answered"
+            time.sleep(1)
+
         # kill one replica during load: only requests in flight on it may fail; the rest are served, the replica comes back
         results = []
         threads = hammer(f"{base}/predict", 400, 8, TOKEN, results)
