@@ -286,6 +286,14 @@ def test_mwml_serve_on_uvicorn_reloads_on_sighup_and_stops_on_ctrl_c(served):
     assert "Traceback" not in stderr, stderr
 
 
+def wait_for_two_replicas(base: str, timeout: float = 180):
+    "Block until answers come from two different replicas."
+    deadline = time.monotonic() + timeout
+    while len({httpx.get(f"{base}/model", headers=TOKEN, timeout=10).headers["X-Mwml-Replica"] for _ in range(20)}) < 2:
+        assert time.monotonic() < deadline, "two replicas never answered"
+        time.sleep(1)
+
+
 def test_mwml_serve_on_ray_serve(served):
     env, first, second, base, server = serve_first_version(served, 2)
     try:
@@ -293,10 +301,7 @@ def test_mwml_serve_on_ray_serve(served):
         assert_serves_the_champion(base, env)
 
         # both replicas answer before one is killed (/ready needs only one; the other may still be loading its model)
-        deadline = time.monotonic() + 180
-        while len({httpx.get(f"{base}/model", headers=TOKEN, timeout=10).headers["X-Mwml-Replica"] for _ in range(20)}) < 2:
-            assert time.monotonic() < deadline, "the second replica never answered"
-            time.sleep(1)
+        wait_for_two_replicas(base)
 
         # kill one replica during load: only requests in flight on it may fail; the rest are served, the replica comes back
         results = []
@@ -311,6 +316,7 @@ def test_mwml_serve_on_ray_serve(served):
         print(f"killed a replica under load: {len(results) - len(failed)} of {len(results)} served, failures {failed}")
         assert len(results) == 400 and len(failed) <= 8, failed  # at most the 8 requests in flight (our concurrency)
         assert all(s == 200 for s in results[-100:])
+        wait_for_two_replicas(base)  # Serve has replaced the killed one
 
         # a newly promoted champion is picked up on SIGHUP while requests keep flowing, none dropped, by EVERY replica:
         # within a minute, 40 answers in a row come from both replicas and all name the new version
