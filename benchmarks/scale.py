@@ -1,6 +1,7 @@
 """Measure mwml on one node and on a real two-node Ray cluster: why Ray Serve's own batching made batches of 1 (the
 same replica with `serve.batch` and with mwml's `MicroBatcher`, driven through a deployment handle, so without the
-HTTP proxy), `mwml serve` at concurrency 32 (uvicorn alone, Ray Serve with 2 replicas on one node and on two nodes),
+HTTP proxy), `mwml serve` at concurrency 32 (uvicorn alone; Ray Serve with 2 replicas on one node, behind HAProxy, the
+default, and behind Ray's Python HTTP proxy; on two nodes, behind the cluster's default proxy),
 and `mwml predict-file` (in-process, Ray Data on one node, on two nodes) over 100,000 rows with the TF-IDF baseline
 and 2,000 rows with MiniLM.
 
@@ -203,6 +204,9 @@ def main():
     serve, predict = {}, {}
     serve["uvicorn (--replicas 0)"] = serve_at_32("uvicorn", 0, ref, env, items, args.requests, args.repeats, work)
     serve["Ray Serve, 2 replicas, 1 node"] = serve_at_32("ray-1node", 2, ref, env, items, args.requests, args.repeats, work)
+    serve["Ray Serve, 2 replicas, 1 node, Ray's HTTP proxy"] = serve_at_32(
+        "ray-1node-proxy", 2, ref, {**env, "MWML_SERVE_INGRESS": "proxy"}, items, args.requests, args.repeats, work
+    )
     for name, model, src in (("baseline", baseline, big), ("minilm", ref, small)):
         predict[f"{name}, in-process"] = predict_file(f"{name}-local", model, src, env, work, ray=False)
         predict[f"{name}, Ray Data, 1 node"] = predict_file(f"{name}-ray1", model, src, env, work, ray=True)
