@@ -14,7 +14,7 @@ export MWML_DATA_MIRROR := $(SHARED_MIRROR)
 endif
 endif
 
-.PHONY: help setup run serve monitor test sync-check lint format bench bench-train bench-tune bench-evaluate bench-serve bench-monitor bench-optimize bench-scale bench-footprint docs readme lab clean
+.PHONY: help setup run serve monitor test sync-check lint format bench bench-train bench-tune bench-evaluate bench-serve bench-monitor bench-optimize bench-scale bench-rollout bench-footprint docs readme lab clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-11s %s\n", $$1, $$2}'
@@ -73,6 +73,9 @@ bench-optimize: setup ## every variant (ONNX fp32, int8, student, pruned, their 
 
 bench-scale: setup ## Ray Serve's batching (serve.batch vs MicroBatcher), serve at concurrency 32 and predict-file on one node and on a real two-node cluster (about 15 min)
 	$(BIN)/python benchmarks/scale.py $(if $(MODEL),--model $(MODEL))
+
+bench-rollout: setup ## canary rollback of bad candidates, A/A false positives under peeking, SRM, bandit regret, on streams of real baseline answers (about 3 min)
+	$(BIN)/python benchmarks/rollout.py
 
 bench-footprint: setup ## venv size; make setup and make test on a fresh clone, timed
 	$(BIN)/python benchmarks/footprint.py
