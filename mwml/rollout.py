@@ -20,11 +20,11 @@ from scipy import stats
 from .config import MwmlError, connected, database_url, open_database
 
 # %% auto #0
-__all__ = ['logger', 'BUCKETS', 'SRM_P', 'REQUIRED_GATES', 'LEDGER_TABLES', 'ROLLOUTS', 'EVENTS', 'ACTIVE', 'RolloutError',
-           'bucket', 'check_shares', 'sticky_arm', 'weighted_arm', 'Moments', 'Comparison', 'msprt', 'z_test',
-           'peeking_false_positives', 'cuped', 'srm_p', 'thompson_weights', 'bandit_regret', 'Gates', 'Evidence',
-           'check_gates', 'Decision', 'CanaryPlan', 'Canary', 'Ledger', 'run_check', 'replay_canary', 'Stream',
-           'simulate_canary']
+__all__ = ['logger', 'BUCKETS', 'SRM_P', 'REQUIRED_GATES', 'LEDGER_TABLES', 'ROLLOUTS', 'EVENTS', 'ACTIVE', 'FINISHED',
+           'RolloutError', 'bucket', 'check_shares', 'sticky_arm', 'weighted_arm', 'Moments', 'Comparison', 'msprt',
+           'z_test', 'peeking_false_positives', 'cuped', 'srm_p', 'thompson_weights', 'bandit_regret', 'Gates',
+           'Evidence', 'check_gates', 'Decision', 'CanaryPlan', 'Canary', 'Ledger', 'run_check', 'replay_canary',
+           'Stream', 'simulate_canary', 'plot_rollout']
 
 # %% ../nbs/12_rollout.ipynb #1eb16b91
 logger = logging.getLogger(__name__)
@@ -401,6 +401,8 @@ def replay_canary(ledger: Ledger, rollout_id: str) -> Canary:
     return canary
 
 # %% ../nbs/12_rollout.ipynb #f5751c19
+FINISHED = {"promote": "promoted", "rollback": "rolled back"}  # a canary's outcome -> the ledger's state
+
 @dataclass
 class Stream:
     "What the champion and a candidate answered to the same requests, and the truth, for a replay."
@@ -417,9 +419,12 @@ def simulate_canary(stream: Stream,  # the requests, in arrival order
                     label_delay_s: float = 10.0,  # after this long
                     check_every_s: float = 5.0,  # seconds between checks
                     seed: int = 0,  # random seed (which requests get labels)
+                    ledger: Ledger | None = None,  # record the roll-out and every check here (for replay and the report)
+                    rollout_id: str = "simulation",  # its id in the ledger
                     ) -> dict:
     "Run a canary over `stream`; its outcome, when it came (seconds of traffic) and the candidate requests it took."
     n = len(stream.truth)
+    if ledger: ledger.start(rollout_id, "canary", asdict(plan), now=0.0)
     arrival = np.arange(n) / rps
     buckets = np.array([bucket(str(i), "simulation") for i in range(n)])
     labelled = np.random.default_rng(seed).random(n) < label_share
@@ -436,8 +441,37 @@ def simulate_canary(stream: Stream,  # the requests, in arrival order
                      candidate=Moments().add(stream.candidate[ok & known] == stream.truth[ok & known]))
         shares = {"candidate": canary.share, "champion": 1 - canary.share}
         srm = srm_p({"candidate": e.requests, "champion": int(on_champion.sum())}, shares)
-        decision = canary.decide(e, float(now), srm)
+        decision = run_check(ledger, rollout_id, canary, e, float(now), srm) if ledger else canary.decide(e, float(now), srm)
         if decision.action != "hold": candidate_seen += e.requests  # the step is over
         if canary.outcome:
+            if ledger: ledger.finish(rollout_id, FINISHED[canary.outcome], "; ".join(decision.reasons), float(now))
             return {"outcome": canary.outcome, "seconds": float(now), "candidate_requests": candidate_seen, "reasons": decision.reasons}
+    if ledger: ledger.finish(rollout_id, "aborted", "the stream ended first", float(n / rps))
     return {"outcome": "unfinished", "seconds": float(n / rps), "candidate_requests": candidate_seen, "reasons": []}
+
+# %% ../nbs/12_rollout.ipynb #c81736a4
+def plot_rollout(events: list[dict],  # `Ledger.events` of one roll-out
+                 ):
+    "Share of traffic, gate values against their limits, and the accuracy difference with its interval, check by check."
+    import matplotlib.pyplot as plt
+    checks = [e for e in events if e["kind"] == "check"]
+    t = [e["time"] for e in checks]
+    fig, axes = plt.subplots(3, 1, figsize=(8, 7), sharex=True)
+    axes[0].step([0.0, *t], [checks[0]["data"]["decision"]["share"] if checks else 0.0,
+                             *[e["data"]["decision"]["share"] for e in checks]], where="post")  # fmt: skip
+    axes[0].set(ylabel="candidate share", ylim=(-0.05, 1.05), title=f"roll-out: {events[-1]['data'].get('state', 'running')}")
+    for name in ("error_rate", "disagreement"):
+        gates = [next(g for g in e["data"]["decision"]["gates"] if g["gate"] == name) for e in checks]
+        line, = axes[1].plot(t, [g["value"] for g in gates], marker=".", label=name)
+        if gates: axes[1].axhline(gates[0]["limit"], color=line.get_color(), ls="--", lw=1)
+    axes[1].set(ylabel="gate value (-- limit)")
+    axes[1].legend()
+    accuracy = [next(g for g in e["data"]["decision"]["gates"] if g["gate"] == "accuracy") for e in checks]
+    axes[2].plot(t, [g["value"] for g in accuracy], marker=".", label="candidate - champion")
+    axes[2].fill_between(t, [max(g["interval"][0], -1) for g in accuracy], [min(g["interval"][1], 1) for g in accuracy], alpha=0.2,
+                         label="always-valid 95% interval")  # fmt: skip
+    axes[2].axhline(0, color="grey", lw=1)
+    axes[2].set(ylabel="accuracy difference", xlabel="seconds of traffic", ylim=(-1, 1))
+    axes[2].legend()
+    fig.tight_layout()
+    return fig
