@@ -9,22 +9,31 @@ import hashlib
 import json
 import logging
 import math
+import os
+import threading
 import time
+import uuid
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import sqlalchemy as sa
 from scipy import stats
 
-from .config import MwmlError, connected, database_url, open_database
+from .config import MwmlError, connected, database_url, get_settings, open_database
+from .predict import Predictor
+from .registry import promote
+from .serve import FEEDBACK, PREDICTIONS, PredictionLog, Route, ServeConfig
 
 # %% auto #0
 __all__ = ['logger', 'BUCKETS', 'SRM_P', 'REQUIRED_GATES', 'LEDGER_TABLES', 'ROLLOUTS', 'EVENTS', 'ACTIVE', 'FINISHED',
-           'RolloutError', 'bucket', 'check_shares', 'sticky_arm', 'weighted_arm', 'Moments', 'Comparison', 'msprt',
-           'z_test', 'peeking_false_positives', 'cuped', 'srm_p', 'thompson_weights', 'bandit_regret', 'Gates',
+           'POLICIES', 'RolloutError', 'bucket', 'check_shares', 'sticky_arm', 'weighted_arm', 'Moments', 'Comparison',
+           'msprt', 'z_test', 'peeking_false_positives', 'cuped', 'srm_p', 'thompson_weights', 'bandit_regret', 'Gates',
            'Evidence', 'check_gates', 'Decision', 'CanaryPlan', 'Canary', 'Ledger', 'run_check', 'replay_canary',
-           'Stream', 'simulate_canary', 'plot_rollout']
+           'Stream', 'simulate_canary', 'plot_rollout', 'ledger_target', 'current_traffic', 'Router', 'log_evidence',
+           'Controller', 'gate_and_promote', 'class_difference', 'start_rollout', 'abort_rollout', 'promote_rollout',
+           'rollout_status', 'every', 'attach_router', 'supervise_rollouts']
 
 # %% ../nbs/12_rollout.ipynb #1eb16b91
 logger = logging.getLogger(__name__)
@@ -370,6 +379,18 @@ class Ledger:
             row = conn.execute(sa.select(ROLLOUTS).join(ACTIVE, ACTIVE.c.rollout_id == ROLLOUTS.c.id)).mappings().first()
         return dict(row) if row else None
 
+    def get(self, rollout_id: str) -> dict | None:
+        "One roll-out's row (None when there is no such roll-out)."
+        with connected(self.engine, begin=False) as conn:
+            row = conn.execute(sa.select(ROLLOUTS).where(ROLLOUTS.c.id == rollout_id)).mappings().first()
+        return dict(row) if row else None
+
+    def latest(self) -> dict | None:
+        "The roll-out that started last, running or not."
+        with connected(self.engine, begin=False) as conn:
+            row = conn.execute(sa.select(ROLLOUTS).order_by(ROLLOUTS.c.started.desc()).limit(1)).mappings().first()
+        return dict(row) if row else None
+
     def events(self, rollout_id: str) -> list[dict]:
         "The roll-out's events in order, their data decoded."
         with connected(self.engine, begin=False) as conn:
@@ -391,7 +412,7 @@ def run_check(ledger: Ledger, rollout_id: str,
 def replay_canary(ledger: Ledger, rollout_id: str) -> Canary:
     "The canary as the ledger's checks left it; `RolloutError` when a recorded decision does not replay."
     events = ledger.events(rollout_id)
-    canary = Canary(CanaryPlan(**events[0]["data"]), now=events[0]["time"])
+    canary = Canary(CanaryPlan(**events[0]["data"]["canary"]), now=events[0]["time"])
     for event in (e for e in events if e["kind"] == "check"):
         again = canary.decide(Evidence.from_dict(event["data"]["evidence"]), event["time"], event["data"]["srm"])
         recorded = event["data"]["decision"]
@@ -424,7 +445,7 @@ def simulate_canary(stream: Stream,  # the requests, in arrival order
                     ) -> dict:
     "Run a canary over `stream`; its outcome, when it came (seconds of traffic) and the candidate requests it took."
     n = len(stream.truth)
-    if ledger: ledger.start(rollout_id, "canary", asdict(plan), now=0.0)
+    if ledger: ledger.start(rollout_id, "canary", {"canary": asdict(plan), "versions": {plan.candidate: plan.candidate}}, now=0.0)
     arrival = np.arange(n) / rps
     buckets = np.array([bucket(str(i), "simulation") for i in range(n)])
     labelled = np.random.default_rng(seed).random(n) < label_share
@@ -475,3 +496,226 @@ def plot_rollout(events: list[dict],  # `Ledger.events` of one roll-out
     axes[2].legend()
     fig.tight_layout()
     return fig
+
+# %% ../nbs/12_rollout.ipynb #8db9a7c1
+POLICIES = ("canary", "shadow")
+
+def ledger_target(settings=None) -> str:
+    "Where the ledger lives: `MWML_ROLLOUT_LEDGER` (a file or a SQLAlchemy URL), default `$MWML_HOME/rollouts.db`."
+    s = settings or get_settings()
+    return os.environ.get("MWML_ROLLOUT_LEDGER") or str(s.home / "rollouts.db")
+
+def current_traffic(ledger: Ledger, rollout_id: str) -> dict:
+    "The latest `traffic` event's data of a roll-out: `{candidate: share}` for the arms and for the shadow."
+    traffic = [e["data"] for e in ledger.events(rollout_id) if e["kind"] == "traffic"]
+    return traffic[-1] if traffic else {"shares": {}, "shadow": {}}
+
+# %% ../nbs/12_rollout.ipynb #27a86a50
+class Router:
+    "Each copy of the API's view of the running roll-out: which arm answers a key, refreshed from the ledger."
+    def __init__(self, ledger: Ledger,  # where the roll-out is recorded
+                 load=None,  # `ref -> Predictor` (default `Predictor.load`)
+                 ):
+        self.ledger, self.load = ledger, load or (lambda ref: Predictor.load(ref, device=None))
+        self.rollout, self.traffic, self.predictors = None, {"shares": {}, "shadow": {}}, {}
+
+    def refresh(self):
+        "Read the running roll-out and its traffic; load the candidates of a new roll-out (before routing any request to them)."
+        rollout = self.ledger.running()
+        if rollout is None:
+            self.rollout, self.predictors = None, {}
+            return
+        traffic = current_traffic(self.ledger, rollout["id"])
+        if self.rollout is None or rollout["id"] != self.rollout["id"]:
+            plan = json.loads(rollout["plan"])
+            self.predictors = {name: self.load(ref) for name, ref in plan["versions"].items()}
+        self.rollout, self.traffic = rollout, traffic
+
+    def route(self, key: str) -> Route:
+        "The arm that answers `key` and the copies answered in the shadow."
+        rollout, traffic, predictors = self.rollout, self.traffic, self.predictors  # one consistent view
+        if rollout is None: return Route("champion")
+        b = bucket(key, rollout["id"])
+        arm = sticky_arm(b, traffic["shares"])
+        if arm is not None:  # the champion answers a copy: the reference for the candidate's disagreement
+            return Route(arm, predictors[arm], rollout["id"], (("champion", None),))
+        shadows = tuple((name, predictors[name]) for name, share in traffic["shadow"].items() if b < round(share * BUCKETS))
+        return Route("champion", None, rollout["id"], shadows)
+
+    def describe(self) -> dict | None:
+        "The running roll-out as `/model` shows it."
+        if self.rollout is None: return None
+        plan = json.loads(self.rollout["plan"])
+        return {"id": self.rollout["id"], "policy": self.rollout["policy"], "candidates": plan["versions"],
+                "started": self.rollout["started"], **self.traffic}
+
+# %% ../nbs/12_rollout.ipynb #c6c814da
+def log_evidence(log: PredictionLog,  # the server's prediction log
+                 rollout_id: str,  # the roll-out
+                 candidate: str,  # the candidate's arm name
+                 since: float,  # the step's start (seconds since the epoch)
+                 ) -> tuple[Evidence, dict[str, int]]:
+    "The candidate's `Evidence` since `since`, and the requests each arm served (for the SRM check), from the log."
+    p, f = PREDICTIONS, FEEDBACK
+    with connected(log.engine, begin=False) as conn:
+        rows = pd.read_sql(sa.select(p.c.id, p.c.arm, p.c.tag, p.c.error, p.c.latency_ms, p.c.shadow_of, f.c.tag.label("true_tag"))
+                           .select_from(p.outerjoin(f, f.c.prediction_id == p.c.id))
+                           .where(p.c.rollout_id == rollout_id, p.c.time >= since), conn)  # fmt: skip
+    served, copies = rows[rows.shadow_of.isna()], rows[rows.shadow_of.notna()]
+    mine = served[served.arm == candidate]
+    answered = mine[mine.error.isna()]
+    reference = answered.merge(copies[copies.arm == "champion"], left_on="id", right_on="shadow_of", suffixes=("", "_champion"))
+    def correct(frame): return Moments().add((frame.tag == frame.true_tag)[frame.true_tag.notna()])
+    e = Evidence(requests=len(mine), errors=int(mine.error.notna().sum()),
+                 p99_ms=float(np.percentile(mine.latency_ms, 99)) if len(mine) else 0.0,
+                 compared=len(reference), disagreements=int((reference.tag != reference.tag_champion).sum()),
+                 champion=correct(served[served.arm == "champion"]), candidate=correct(answered))
+    return e, served.arm.value_counts().to_dict()
+
+# %% ../nbs/12_rollout.ipynb #76c414d3
+class Controller:
+    "The server's one driver of the running roll-out: checks, traffic changes, and the end (promote through the gate, or roll back)."
+    def __init__(self, ledger: Ledger, log: PredictionLog,
+                 reload,  # the server's reload function (a promoted champion is served at once)
+                 promote=None,  # `version -> (promoted, reasons)`; default: the registry's gate (`mwml.registry.promote`)
+                 ):
+        self.ledger, self.log, self.reload, self.promote = ledger, log, reload, promote or gate_and_promote
+        self.canary: Canary | None = None
+        self.rollout_id: str | None = None
+
+    def step(self, now: float | None = None) -> Decision | None:
+        "One check of the running roll-out (None when there is none, or the policy checks nothing)."
+        now = time.time() if now is None else now
+        rollout = self.ledger.running()
+        if rollout is None:
+            if self.rollout_id and self.ledger.get(self.rollout_id)["state"] == "promoted": self.reload()  # promoted by hand
+            self.canary = self.rollout_id = None
+            return None
+        if rollout["id"] != self.rollout_id:  # a new roll-out, or this server restarted: the ledger says where it was
+            self.rollout_id = rollout["id"]
+            self.canary = replay_canary(self.ledger, rollout["id"]) if rollout["policy"] == "canary" else None
+        if self.canary is None: return None  # shadow: answers are logged, people decide (`mwml rollout promote`)
+        candidate = self.canary.plan.candidate
+        e, served = log_evidence(self.log, rollout["id"], candidate, self.canary.step_started)
+        share = self.canary.share
+        srm = srm_p({candidate: served.get(candidate, 0), "champion": served.get("champion", 0)}, {candidate: share, "champion": 1 - share})
+        decision = run_check(self.ledger, rollout["id"], self.canary, e, now, srm)
+        if decision.action in ("advance", "rollback"):
+            self.ledger.record(rollout["id"], "traffic", {"shares": {candidate: decision.share}, "shadow": {}}, now)
+        if decision.action == "rollback":
+            self.ledger.finish(rollout["id"], "rolled back", "; ".join(decision.reasons), now)
+        if decision.action == "promote": self.finish_promoted(rollout, "; ".join(decision.reasons), now)
+        return decision
+
+    def finish_promoted(self, rollout: dict, reason: str, now: float):
+        "Move `champion` to the candidate through the registry's gate; the roll-out ends promoted, or refused by the gate."
+        version = next(iter(json.loads(rollout["plan"])["versions"].values()))
+        promoted, reasons = self.promote(version)
+        if promoted:
+            self.ledger.finish(rollout["id"], "promoted", reason, now)
+            self.reload()
+        else:
+            self.ledger.finish(rollout["id"], "refused by the gate", "; ".join(reasons), now)
+
+# %% ../nbs/12_rollout.ipynb #2ba0d5fb
+def gate_and_promote(version: str) -> tuple[bool, list[str]]:
+    "The registry's promotion gate for `version` against the champion: (promoted, reasons it was not)."
+    decision, _ = promote(version)
+    return decision.promote, decision.reasons
+
+# %% ../nbs/12_rollout.ipynb #899b687c
+def class_difference(candidate: tuple[str, ...], champion: tuple[str, ...]) -> str:
+    "How two models' tags differ, in words ('' when they are the same)."
+    if tuple(candidate) == tuple(champion): return ""
+    only = lambda a, b: ", ".join(sorted(set(a) - set(b))) or "none"
+    return (f"only the candidate predicts {only(candidate, champion)}; only the champion predicts {only(champion, candidate)}"
+            if set(candidate) != set(champion) else "the same tags in another order")
+
+def start_rollout(ledger: Ledger,  # where to record it
+                  candidates: list[str],  # registry aliases, versions or folders
+                  policy: str = "canary",  # one of `POLICIES`
+                  steps: tuple[float, ...] = (0.05, 0.25, 0.5, 1.0),  # canary: the shares of traffic
+                  interval_s: float = 60.0,  # canary: how long each step lasts
+                  shadow_share: float = 1.0,  # shadow: the share of requests copied to each candidate
+                  gates: Gates | None = None,  # canary: the limits (default `Gates()`)
+                  champion: str = "champion",  # the champion's reference
+                  load=None,  # `ref -> Predictor` (default `Predictor.load`)
+                  now: float | None = None,  # start time (default: now)
+                  ) -> str:
+    "Check that the candidates load and predict the champion's tags, then record the roll-out and its first traffic; its id."
+    if policy not in POLICIES: raise RolloutError(f"policy {policy!r} is not one of {', '.join(POLICIES)}")
+    if policy == "canary" and len(candidates) != 1: raise RolloutError(f"a canary has one candidate, not {len(candidates)}")
+    if (running := ledger.running()) is not None:
+        raise RolloutError(f"roll-out {running['id']} ({running['policy']}) is running: promote or abort it first")
+    load, now = load or (lambda ref: Predictor.load(ref, device="cpu")), time.time() if now is None else now
+    base = load(champion)
+    versions = {}
+    for ref in candidates:
+        try: predictor = load(ref)
+        except Exception as e: raise RolloutError(f"candidate {ref!r} does not load ({e}); nothing was changed") from None
+        if diff := class_difference(predictor.classes, base.classes):
+            raise RolloutError(f"candidate {ref!r} predicts other tags than the champion: {diff}")
+        versions[ref] = str(predictor.info.get("version") or predictor.info.get("ref") or ref)
+        if versions[ref] == str(base.info.get("version") or base.info.get("ref")):
+            raise RolloutError(f"candidate {ref!r} is the champion itself (version {versions[ref]})")
+    plan = {"versions": versions, "champion": str(base.info.get("version") or champion)}
+    if policy == "canary": plan["canary"] = asdict(CanaryPlan(candidates[0], steps, interval_s, gates or Gates()))
+    traffic = ({"shares": {candidates[0]: float(steps[0])}, "shadow": {}} if policy == "canary"
+               else {"shares": {}, "shadow": {ref: float(shadow_share) for ref in candidates}})
+    rollout_id = uuid.uuid4().hex[:12]
+    ledger.start(rollout_id, policy, plan, now)
+    ledger.record(rollout_id, "traffic", traffic, now)
+    logger.info("roll-out %s started: %s of %s against champion %s", rollout_id, policy, versions, plan["champion"])
+    return rollout_id
+
+def abort_rollout(ledger: Ledger, reason: str = "aborted by hand", now: float | None = None) -> str:
+    "End the running roll-out: all traffic back to the champion, which stays where it is; its id."
+    now, running = time.time() if now is None else now, ledger.running()
+    if running is None: raise RolloutError("no roll-out is running")
+    ledger.record(running["id"], "traffic", {"shares": {}, "shadow": {}}, now)
+    ledger.finish(running["id"], "aborted", reason, now)
+    return running["id"]
+
+def promote_rollout(ledger: Ledger, promote=None, now: float | None = None) -> dict:
+    "End the running roll-out by hand through the registry's gate: `champion` moves only if the gate passes."
+    now, running = time.time() if now is None else now, ledger.running()
+    if running is None: raise RolloutError("no roll-out is running")
+    versions = json.loads(running["plan"])["versions"]
+    if len(versions) != 1: raise RolloutError(f"roll-out {running['id']} has {len(versions)} candidates: abort it, then promote one")
+    promoted, reasons = (promote or gate_and_promote)(next(iter(versions.values())))
+    ledger.record(running["id"], "traffic", {"shares": {}, "shadow": {}}, now)
+    ledger.finish(running["id"], "promoted" if promoted else "refused by the gate", "by hand" if promoted else "; ".join(reasons), now)
+    return ledger.get(running["id"])
+
+def rollout_status(ledger: Ledger) -> dict | None:
+    "The running roll-out (else the latest one): its row, traffic, last check and number of checks."
+    row = ledger.running() or ledger.latest()
+    if row is None: return None
+    events = ledger.events(row["id"])
+    checks = [e for e in events if e["kind"] == "check"]
+    return {**row, "plan": json.loads(row["plan"]), "traffic": current_traffic(ledger, row["id"]), "checks": len(checks),
+            "last_check": {"time": checks[-1]["time"], **checks[-1]["data"]["decision"]} if checks else None}
+
+# %% ../nbs/12_rollout.ipynb #5f793260
+def every(seconds: float, fn, name: str) -> threading.Event:
+    "Run `fn` every `seconds` in a daemon thread until the returned event is set; a failure is logged and the loop goes on."
+    stop = threading.Event()
+    def loop():
+        while not stop.wait(seconds):
+            try: fn()
+            except Exception: logger.exception("%s failed; trying again in %g s", name, seconds)
+    threading.Thread(target=loop, name=name, daemon=True).start()
+    return stop
+
+def attach_router(engine):
+    "The server's `setup` hook: give `engine` a router that follows the ledger's running roll-out."
+    router = Router(Ledger(ledger_target()))
+    router.refresh()
+    engine.router = router
+    every(1.0, router.refresh, "mwml-rollout-router")
+
+def supervise_rollouts(reload):
+    "The server's `supervise` hook: drive the running roll-out from this process; returns the function that stops it."
+    check_s = float(os.environ.get("MWML_ROLLOUT_CHECK_S") or 5)
+    controller = Controller(Ledger(ledger_target()), PredictionLog(ServeConfig.from_env().prediction_log), reload)
+    return every(check_s, controller.step, "mwml-rollout-controller").set
