@@ -10,6 +10,7 @@ import importlib.util
 import json
 import logging
 import os
+import re
 import subprocess
 import sys
 from contextlib import contextmanager, redirect_stdout
@@ -29,11 +30,12 @@ from .data import SOURCES, fetch, load, read_projects, split, validate
 
 # %% auto #0
 __all__ = ['logger', 'EXIT_ERROR', 'EXIT_USAGE', 'EXIT_REFUSED', 'EXIT_ALERT', 'EXIT_BUG', 'app', 'data_app', 'TRAIN_HELP',
-           'DEVICE_HELP', 'MODEL_HELP', 'JsonFlag', 'handle_errors', 'main_options', 'data_fetch', 'data_validate',
-           'data_split', 'ModelKind', 'field_help', 'use_device', 'tagger_config', 'train', 'tune', 'echo_json',
-           'evaluate', 'register', 'promote', 'leaderboard', 'optimize', 'test_model', 'predict', 'predict_file',
-           'serve', 'OnAlert', 'monitor', 'reference', 'parse_parameter_args', 'report', 'check_data', 'train_models',
-           'assess_models', 'register_and_gate', 'pipeline', 'main']
+           'DEVICE_HELP', 'MODEL_HELP', 'JsonFlag', 'rollout_app', 'handle_errors', 'main_options', 'data_fetch',
+           'data_validate', 'data_split', 'ModelKind', 'field_help', 'use_device', 'tagger_config', 'train', 'tune',
+           'echo_json', 'evaluate', 'register', 'promote', 'leaderboard', 'optimize', 'test_model', 'predict',
+           'predict_file', 'serve', 'OnAlert', 'monitor', 'reference', 'parse_parameter_args', 'report', 'check_data',
+           'train_models', 'assess_models', 'register_and_gate', 'pipeline', 'parse_seconds', 'parse_steps',
+           'rollout_start', 'rollout_status_command', 'rollout_promote', 'rollout_abort', 'main']
 
 # %% ../nbs/15_cli.ipynb #019913c4
 logger = logging.getLogger(__name__)
@@ -406,6 +408,7 @@ def serve(model: Annotated[str, typer.Option(help=MODEL_HELP, envvar="MWML_SERVE
     """Serve the HTTP API (POST /predict, /health, /ready, /model, /feedback, /metrics, /docs). Bearer auth when MWML_API_TOKEN is set.
 
     `kill -HUP <pid>` reloads the model (e.g. a newly promoted champion) in both modes, without dropping requests."""
+    from mwml.rollout import attach_router, supervise_rollouts
     from mwml.serve import ServeConfig, run_server
     with handle_errors():
         use_device(device)
@@ -413,7 +416,7 @@ def serve(model: Annotated[str, typer.Option(help=MODEL_HELP, envvar="MWML_SERVE
         config = ServeConfig.from_env(model=model, max_batch_size=max_batch_size, batch_wait_s=batch_wait_s)
         typer.echo(f"loading {model}, then serving it on http://{host}:{port} "
                    f"({replicas or 'no'} Ray Serve replicas); docs at /docs; Ctrl+C stops")
-        run_server(config, host, port, replicas)
+        run_server(config, host, port, replicas, setup=attach_router, supervise=supervise_rollouts)
 
 # %% ../nbs/15_cli.ipynb #1bb691db
 class OnAlert(str, Enum):
@@ -593,6 +596,72 @@ def pipeline(config: Annotated[Path | None, typer.Option(help="JSON file of tagg
             typer.echo(f"\n{name} on holdout.csv: weighted precision {h['precision']:.3f}, recall {h['recall']:.3f}, F1 {h['f1']:.3f}")
             typer.echo(f"  MLflow run {r.run_id}")
         typer.echo(f"\nMLflow store: {s.tracking_uri}\nbrowse it with: mlflow ui --backend-store-uri {s.tracking_uri}")
+
+# %% ../nbs/15_cli.ipynb #9e008824
+rollout_app = typer.Typer(help="Roll out a candidate on live traffic: canary or shadow; status, promote, abort.", no_args_is_help=True)
+app.add_typer(rollout_app, name="rollout")
+
+def parse_seconds(text: str,  # `90`, `90s`, `2m` or `1h`
+                  ) -> float:
+    "A duration in seconds."
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smh]?)\s*", text)
+    if not m: raise MwmlError(f"{text!r} is not a duration: give seconds such as 60, 60s, 2m or 1h")
+    return float(m[1]) * {"": 1, "s": 1, "m": 60, "h": 3600}[m[2]]
+
+def parse_steps(text: str,  # percentages, e.g. `5,25,50,100`
+                ) -> tuple[float, ...]:
+    "Canary steps as shares of traffic."
+    try: return tuple(float(p) / 100 for p in text.split(","))
+    except ValueError: raise MwmlError(f"--steps takes comma-separated percentages such as 5,25,50,100, got {text!r}") from None
+
+def _ledger():
+    from mwml.rollout import Ledger, ledger_target
+    return Ledger(ledger_target())
+
+@rollout_app.command("start")
+def rollout_start(candidate: Annotated[list[str], typer.Option(help="a candidate: registry alias, version or folder (repeat for several)")],
+                  policy: Annotated[str, typer.Option(help="canary (steps with gates, automatic rollback) or shadow (copies, "
+                                                             "never returned)")] = "canary",
+                  steps: Annotated[str, typer.Option(help="canary: percentages of traffic, step by step")] = "5,25,50,100",
+                  interval: Annotated[str, typer.Option(help="canary: how long each step lasts (60s, 2m, ...)")] = "60s",
+                  shadow_share: Annotated[float, typer.Option(help="shadow: percentage of requests copied to each candidate")] = 100,
+                  as_json: Annotated[bool, typer.Option("--json", help="print the roll-out as JSON")] = False):
+    "Start a roll-out: the candidates must load and predict the champion's tags; one roll-out at a time."
+    from mwml.rollout import rollout_status, start_rollout
+    with handle_errors():
+        ledger = _ledger()
+        rid = start_rollout(ledger, candidate, policy, parse_steps(steps), parse_seconds(interval), shadow_share / 100)
+        status = rollout_status(ledger)
+    if as_json: return echo_json(status)
+    typer.echo(f"roll-out {rid} started: {policy} of {', '.join(candidate)}; traffic {status['traffic']}")
+
+@rollout_app.command("status")
+def rollout_status_command(as_json: Annotated[bool, typer.Option("--json", help="print it as JSON")] = False):
+    "The running roll-out (else the latest): its traffic, last check and decision."
+    from mwml.rollout import rollout_status
+    with handle_errors(): status = rollout_status(_ledger())
+    if as_json: return echo_json(status)
+    if status is None: return typer.echo("no roll-out yet")
+    typer.echo(f"roll-out {status['id']} ({status['policy']}): {status['state']}; candidates {status['plan']['versions']}; "
+               f"traffic {status['traffic']}; {status['checks']} check(s)")
+    if last := status["last_check"]: typer.echo(f"last check: {last['action']} ({'; '.join(last['reasons'])})")
+    if status["reason"]: typer.echo(f"ended: {status['reason']}")
+
+@rollout_app.command("promote")
+def rollout_promote(as_json: Annotated[bool, typer.Option("--json", help="print the outcome as JSON")] = False):
+    "End the running roll-out through the registry's gate; exit 3 when the gate refuses (the champion stays)."
+    from mwml.rollout import promote_rollout
+    with handle_errors(): row = promote_rollout(_ledger())
+    if as_json: echo_json(row)
+    else: typer.echo(f"roll-out {row['id']}: {row['state']} ({row['reason']})")
+    if row["state"] != "promoted": raise typer.Exit(EXIT_REFUSED)
+
+@rollout_app.command("abort")
+def rollout_abort(reason: Annotated[str, typer.Option(help="why, for the ledger")] = "aborted by hand"):
+    "End the running roll-out: all traffic back to the champion, which stays where it is."
+    from mwml.rollout import abort_rollout
+    with handle_errors(): rid = abort_rollout(_ledger(), reason)
+    typer.echo(f"roll-out {rid} aborted: all traffic goes to the champion")
 
 # %% ../nbs/15_cli.ipynb #f825dc37
 def main():

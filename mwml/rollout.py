@@ -648,7 +648,8 @@ def start_rollout(ledger: Ledger,  # where to record it
     if (running := ledger.running()) is not None:
         raise RolloutError(f"roll-out {running['id']} ({running['policy']}) is running: promote or abort it first")
     load, now = load or (lambda ref: Predictor.load(ref, device="cpu")), time.time() if now is None else now
-    base = load(champion)
+    try: base = load(champion)
+    except Exception as e: raise RolloutError(f"the champion {champion!r} does not load ({e}); nothing was changed") from None
     versions = {}
     for ref in candidates:
         try: predictor = load(ref)

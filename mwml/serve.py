@@ -5,14 +5,14 @@
 # %% auto #0
 __all__ = ['logger', 'INGRESSES', 'LOG_TABLES', 'PREDICTIONS', 'FEEDBACK', 'ERRORS', 'OPEN_PATHS', 'Supervisor',
            'METRICS_NAMESPACE', 'LOCAL_HOSTS', 'ServeConfig', 'add_missing_columns', 'replace_row', 'PredictionLog',
-           'read_predictions', 'shown_log', 'Route', 'log_row', 'MicroBatcher', 'ModelFailure', 'Engine', 'Item',
-           'predict_request_model', 'feedback_request_model', 'Problem', 'Problems', 'ServerError', 'error_responses',
-           'Prediction', 'Predictions', 'ModelInfo', 'Health', 'Ready', 'Recorded', 'auth_refusal', 'read_limited',
-           'body_refusal', 'internal_error', 'add_guard', 'validation_problems', 'add_validation_answers',
-           'add_probe_routes', 'holdout_metrics', 'add_model_routes', 'declare_bearer_auth', 'build_app',
-           'reload_on_sighup', 'supervised', 'serve_uvicorn', 'live_metrics', 'merge_metrics', 'share_metrics',
-           'replica_app', 'reload_replica', 'serve_deployment', 'AppArgs', 'app', 'free_port', 'ray_serve_env',
-           'serve_ray', 'run_server']
+           'read_predictions', 'shown_log', 'Route', 'log_row', 'MicroBatcher', 'ModelFailure', 'loggable', 'Engine',
+           'Item', 'predict_request_model', 'feedback_request_model', 'Problem', 'Problems', 'ServerError',
+           'error_responses', 'Prediction', 'Predictions', 'ModelInfo', 'Health', 'Ready', 'Recorded', 'auth_refusal',
+           'read_limited', 'body_refusal', 'internal_error', 'add_guard', 'validation_problems',
+           'add_validation_answers', 'add_probe_routes', 'holdout_metrics', 'add_model_routes', 'declare_bearer_auth',
+           'build_app', 'reload_on_sighup', 'supervised', 'serve_uvicorn', 'live_metrics', 'merge_metrics',
+           'share_metrics', 'replica_app', 'reload_replica', 'serve_deployment', 'AppArgs', 'app', 'free_port',
+           'ray_serve_env', 'serve_ray', 'run_server']
 
 # %% ../nbs/11_serve.ipynb #56275478
 import asyncio
@@ -150,8 +150,8 @@ class PredictionLog:
             replace_row(conn, FEEDBACK, {"prediction_id": prediction_id, "tag": tag, "time": time.time()}, "prediction_id")
         return True
 
-    QUERY = ("SELECT p.*, f.tag AS true_tag FROM predictions p LEFT JOIN feedback f ON f.prediction_id = p.id "
-             "WHERE p.shadow_of IS NULL AND p.error IS NULL")  # the answers users got, with the feedback
+    ALL = "SELECT p.*, f.tag AS true_tag FROM predictions p LEFT JOIN feedback f ON f.prediction_id = p.id"  # with the feedback
+    QUERY = ALL + " WHERE p.shadow_of IS NULL AND p.error IS NULL"  # the answers users got
 
     def read(self) -> pd.DataFrame:
         "Every answer users got (no shadow answers, no failures) with its feedback tag (if any)."
@@ -173,6 +173,8 @@ def read_predictions(target: Path | str,  # a prediction log: SQLite file or SQL
     try:
         with connected(engine, begin=False) as conn:  # can't connect: DatabaseError naming the server
             try: return pd.read_sql(sa.text(PredictionLog.QUERY), conn)
+            except SQLAlchemyError: conn.rollback()  # perhaps a log from before roll-outs: no shadow answers, no failures in it
+            try: return pd.read_sql(sa.text(PredictionLog.ALL), conn)
             except SQLAlchemyError as e: raise DatabaseError(f"{shown} is not a prediction log: {driver_reason(e)}") from None
     finally: engine.dispose()
 
@@ -244,6 +246,10 @@ class MicroBatcher:
 class ModelFailure(Exception):
     "A model raised while answering; the request fails with 500 and the failure is in the log."
 
+def loggable(answer: dict) -> dict:
+    "An answer as the log keeps it: a failure's exception by its name."
+    return {**answer, "error": type(answer["error"]).__name__} if "error" in answer else answer
+
 class Engine:
     "Model slot + batcher + prediction log + metrics: what the API's handlers call."
     def __init__(self, config: ServeConfig,  # how to serve
@@ -274,16 +280,14 @@ class Engine:
         return self
 
     def _run_batch(self, jobs: list[tuple[dict, Predictor | None]]) -> list[dict]:
-        "Answer (item, model) pairs, each model on its own items; a model that fails gives its items an `error` answer."
+        "Answer (item, model) pairs, each model on its own items; a model that fails gives its items its exception as `error`."
         champion = self.predictor  # the champion of this whole batch, even if a reload swaps it meanwhile
         self.batch_sizes.observe(len(jobs))
         answers: list[dict] = [{}] * len(jobs)
         for predictor in {id(p or champion): p or champion for _, p in jobs}.values():
             at = [i for i, (_, p) in enumerate(jobs) if (p or champion) is predictor]
             try: results = [{**a, "model": predictor.info} for a in predictor.predict([jobs[i][0] for i in at])]
-            except Exception as e:
-                logger.exception("model %s failed on %d item(s)", predictor.info.get("version") or predictor.info.get("ref"), len(at))
-                results = [{"error": type(e).__name__, "model": predictor.info}] * len(at)
+            except Exception as e: results = [{"error": e, "model": predictor.info}] * len(at)  # the others' answers stand
             for i, result in zip(at, results): answers[i] = result
         return answers
 
@@ -299,16 +303,16 @@ class Engine:
         routes = [self.route(user or id) for id in ids]
         answers = await asyncio.gather(*[self._batched((item, route.predictor)) for item, route in zip(items, routes)])
         latency_ms, now = (time.perf_counter() - start) * 1000, time.time()
-        out, rows = [], []
+        out, rows, failures = [], [], []
         for id, item, answer, route in zip(ids, items, answers, routes):
             info = answer.pop("model")
-            rows.append(log_row(id, now, item, answer, info, latency_ms, route if self.router else None))
-            if "error" not in answer:
+            rows.append(log_row(id, now, item, loggable(answer), info, latency_ms, route if self.router else None))
+            if "error" in answer: failures.append((route.arm, answer["error"]))
+            else:
                 out.append({"id": id, **answer, "arm": route.arm})
                 self.predictions.labels(answer["tag"]).inc()
-        await asyncio.to_thread(self.log.write, rows)
-        if len(out) < len(items):
-            raise ModelFailure(f"the {', '.join(sorted({r['arm'] or 'champion' for r in rows if r['error']}))} model failed")
+        await asyncio.to_thread(self.log.write, rows)  # failures too: a roll-out's error gate counts them
+        if failures: raise ModelFailure(f"the {failures[0][0]} model failed: {failures[0][1]}") from failures[0][1]
         for id, item, route in zip(ids, items, routes):
             for arm, predictor in route.shadows: self._shadow(id, item, Route(arm, predictor, route.rollout_id))
         return out
@@ -319,7 +323,8 @@ class Engine:
             start = time.perf_counter()
             answer = await self._shadowed((item, route.predictor))
             info = answer.pop("model")
-            row = log_row(uuid.uuid4().hex, time.time(), item, answer, info, (time.perf_counter() - start) * 1000, route, served_id)
+            row = log_row(uuid.uuid4().hex, time.time(), item, loggable(answer), info, (time.perf_counter() - start) * 1000, route,
+                          served_id)
             await asyncio.to_thread(self.log.write, [row])
         task = asyncio.get_running_loop().create_task(run())
         self._shadow_tasks.add(task)  # a reference, so the task is not collected before it ends
