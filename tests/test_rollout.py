@@ -1,0 +1,204 @@
+"""Roll-outs through a real `mwml serve` on 127.0.0.1 with models from a real MLflow registry: a shadow candidate's answers
+are logged and never returned (uvicorn and Ray Serve), a canary with a broken candidate rolls back on its own under
+20 requests/s, users keep their arm across a server restart, the ledger replays to the same decisions, and a roll-out
+promoted through the registry's gate makes the server serve the new champion."""
+
+import json
+import os
+import signal
+import subprocess
+import threading
+import time
+
+import httpx
+import mlflow
+import pandas as pd
+import pytest
+import sqlalchemy as sa
+from conftest import free_port, run_mwml, start_mwml, wait_until_ready
+
+from mwml.config import get_settings
+from mwml.data import load
+from mwml.predict import Predictor
+from mwml.rollout import Ledger, ledger_target, replay_canary
+from mwml.serve import read_predictions
+
+TOKEN = {"Authorization": "Bearer s3cret"}
+
+
+@pytest.fixture(scope="module")
+def registered(tmp_path_factory):
+    "One MWML_HOME: the baseline as version 1 (champion) and again as 2 (a good candidate); a random tiny tagger as 3 (broken)."
+    home = tmp_path_factory.mktemp("rollout") / "home"
+    home.mkdir()
+    variables = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "MWML_DATA_DIR", "IN_TEST")}
+    env = {**variables, "MWML_HOME": str(home), "MWML_API_TOKEN": "s3cret", "MWML_ROLLOUT_CHECK_S": "1"}
+    r = run_mwml("train", "--model", "baseline", env=env)
+    assert r.returncode == 0, r.stderr
+    r = run_mwml("register", r.stdout.split("MLflow run ")[1].split()[0], env=env)
+    assert r.returncode == 0, r.stderr
+    registry = mlflow.MlflowClient(get_settings(env).tracking_uri)
+    name = get_settings(env).model_name
+    first = registry.get_model_version(name, r.stdout.split("version ")[1].split()[0])
+    registry.set_registered_model_alias(name, "champion", first.version)
+    good = registry.create_model_version(name, first.source, first.run_id)
+    r = run_mwml("train", "--backbone", "tiny", "--epochs", "1", "--sample-size", "64", env=env)
+    assert r.returncode == 0, r.stderr
+    r = run_mwml("register", r.stdout.split("MLflow run ")[1].split()[0], env=env)
+    assert r.returncode == 0, r.stderr
+    broken = r.stdout.split("version ")[1].split()[0]
+    return env, str(first.version), str(good.version), broken
+
+
+def champion_back(env: dict, version: str):
+    "Make `version` the champion again (a test may have promoted another)."
+    mlflow.MlflowClient(get_settings(env).tracking_uri).set_registered_model_alias(get_settings(env).model_name, "champion", version)
+
+
+def serve(env: dict, replicas: int = 0):
+    "Start `mwml serve` on a free port and wait until it is ready: (process, base URL)."
+    port = free_port()
+    server = start_mwml("serve", "--replicas", replicas, "--port", port, env=env)
+    base = f"http://127.0.0.1:{port}"
+    wait_until_ready(server, base)
+    return server, base
+
+
+def stop(server: subprocess.Popen):
+    server.send_signal(signal.SIGTERM)
+    try:
+        server.communicate(timeout=90)
+    except subprocess.TimeoutExpired:
+        server.kill()
+        server.communicate()
+
+
+def rollout(env: dict, *args) -> dict:
+    "Run `mwml rollout ... --json` and return what it printed."
+    r = run_mwml("rollout", *args, "--json", env=env)
+    assert r.returncode == 0, r.stderr
+    return json.loads(r.stdout)
+
+
+def wait_for(condition, what: str, patience: float = 60):
+    "Poll `condition()` until it is truthy; return its value."
+    deadline = time.monotonic() + patience
+    while not (value := condition()):
+        assert time.monotonic() < deadline, f"{what}: not within {patience} s"
+        time.sleep(0.5)
+    return value
+
+
+def shadow_rows(log, rollout_id: str) -> pd.DataFrame:
+    "The shadow copies a roll-out logged."
+    with sa.create_engine(f"sqlite:///{log}").connect() as conn:
+        query = "SELECT id, shadow_of, arm, model_version FROM predictions WHERE rollout_id = :r AND shadow_of IS NOT NULL"
+        return pd.read_sql(sa.text(query), conn, params={"r": rollout_id})
+
+
+def items(n: int) -> list[dict]:
+    holdout = load("holdout").head(n)
+    return [{"title": t, "description": d} for t, d in zip(holdout.title, holdout.description)]
+
+
+@pytest.mark.parametrize("replicas", [0, 2], ids=["uvicorn", "ray-serve"])
+def test_a_shadow_candidate_is_logged_never_returned(registered, replicas):
+    env, champion, _, broken = registered
+    champion_back(env, champion)
+    server, base = serve(env, replicas)
+    try:
+        started = rollout(env, "start", "--candidate", broken, "--policy", "shadow")
+        wait_for(lambda: httpx.get(f"{base}/model", headers=TOKEN).json()["rollout"], "the router saw the roll-out", 30)
+        batch = items(12)
+        answers = [httpx.post(f"{base}/predict", json={"items": [item]}, headers=TOKEN, timeout=60).json()["predictions"][0]
+                   for item in batch]  # fmt: skip
+        mlflow.set_tracking_uri(get_settings(env).tracking_uri)
+        expected = Predictor.load(champion, settings=get_settings(env)).predict(batch)
+        assert [a["tag"] for a in answers] == [e["tag"] for e in expected] and {a["arm"] for a in answers} == {"champion"}
+
+        log, served = get_settings(env).home / "predictions.db", {a["id"] for a in answers}
+        deadline = time.monotonic() + 30
+        while not served <= set((shadows := shadow_rows(log, started["id"])).shadow_of):  # written in the background
+            assert time.monotonic() < deadline, f"answers without a shadow copy: {served - set(shadows.shadow_of)}"
+            time.sleep(0.5)
+        assert set(zip(shadows.arm, shadows.model_version)) == {(broken, broken)}  # the candidate answered every copy
+        users_saw = set(read_predictions(log).id)  # what monitoring reads: the served answers, not the copies
+        assert served <= users_saw and not users_saw & set(shadows.id)
+        r = run_mwml("rollout", "abort", env=env)
+        assert r.returncode == 0, r.stderr
+        wait_for(lambda: httpx.get(f"{base}/model", headers=TOKEN).json()["rollout"] is None, "the router saw the abort", 30)
+    finally:
+        stop(server)
+
+
+def test_a_canary_with_a_broken_candidate_rolls_back_on_its_own(registered):
+    env, champion, _, broken = registered
+    champion_back(env, champion)
+    server, base = serve(env)
+    try:
+        started = rollout(env, "start", "--candidate", broken, "--steps", "5,25,50,100", "--interval", "60s")
+        wait_for(lambda: httpx.get(f"{base}/model", headers=TOKEN).json()["rollout"], "the router saw the roll-out", 30)
+        ledger, stop_traffic, sent = Ledger(ledger_target(get_settings(env))), threading.Event(), []
+
+        def traffic(offset: int):  # 20 requests/s in all, from 4 threads, each request a new user
+            with httpx.Client(timeout=30, headers=TOKEN) as http:
+                next_at = time.monotonic()
+                while not stop_traffic.is_set():
+                    i = len(sent)
+                    item = batch[i % len(batch)]
+                    sent.append(http.post(f"{base}/predict", json={"items": [item]}, headers={"X-Mwml-User": f"u{offset}-{i}"}).status_code)
+                    next_at += 0.2
+                    time.sleep(max(0.0, next_at - time.monotonic()))
+
+        batch = items(100)
+        t0 = time.monotonic()
+        threads = [threading.Thread(target=traffic, args=(k,)) for k in range(4)]
+        for t in threads:
+            t.start()
+        try:
+            ended = wait_for(lambda: ledger.get(started["id"])["state"] != "running" and ledger.get(started["id"]), "the canary ended", 120)
+        finally:
+            stop_traffic.set()
+            for t in threads:
+                t.join()
+        print(f"rolled back after {time.monotonic() - t0:.1f} s of traffic and {len(sent)} requests: {ended['reason']}")
+        assert (ended["state"], ended["reason"]) == ("rolled back", "gate disagreement failed")
+        assert set(sent) == {200}
+        assert replay_canary(ledger, started["id"]).outcome == "rollback"  # the recorded checks replay to the same decisions
+        assert rollout(env, "status")["traffic"]["shares"] == {broken: 0.0}
+        assert mlflow.MlflowClient(get_settings(env).tracking_uri).get_model_version_by_alias(
+            get_settings(env).model_name, "champion").version == int(champion)  # fmt: skip
+        wait_for(lambda: httpx.get(f"{base}/model", headers=TOKEN).json()["rollout"] is None, "the router saw the end", 30)
+    finally:
+        stop(server)
+
+
+def test_users_keep_their_arm_across_a_restart_and_a_promotion_moves_the_champion(registered):
+    env, champion, good, _ = registered
+    champion_back(env, champion)
+    server, base = serve(env)
+    try:
+        rollout(env, "start", "--candidate", good, "--steps", "50,100", "--interval", "1h")
+        wait_for(lambda: httpx.get(f"{base}/model", headers=TOKEN).json()["rollout"], "the router saw the roll-out", 30)
+        users = [f"user-{i}" for i in range(40)]
+
+        def arms(base):
+            one = {"items": items(1)}
+            return [
+                httpx.post(f"{base}/predict", json=one, headers={**TOKEN, "X-Mwml-User": u}).json()["predictions"][0]["arm"] for u in users
+            ]
+
+        before = arms(base)
+        assert 5 < before.count(good) < 35  # about half the users
+        stop(server)
+        server, base = serve(env)
+        wait_for(lambda: httpx.get(f"{base}/model", headers=TOKEN).json()["rollout"], "the restarted router saw the roll-out", 30)
+        assert arms(base) == before
+
+        r = run_mwml("rollout", "promote", env=env)  # through the registry's gate: the same model passes it
+        assert r.returncode == 0, r.stdout + r.stderr
+        wait_for(lambda: httpx.get(f"{base}/model", headers=TOKEN).json()["version"] == good, "the server serves the new champion", 60)
+        assert httpx.get(f"{base}/model", headers=TOKEN).json()["rollout"] is None
+    finally:
+        stop(server)
+        champion_back(env, champion)
