@@ -12,15 +12,25 @@ holdout projects drawn with replacement, so every answer and every label in a st
 """
 
 import argparse
+import json
+import os
+import subprocess
+import tempfile
+import threading
 import time
+from pathlib import Path
 
+import httpx
+import mlflow
 import numpy as np
 import pandas as pd
 from common import Benchmark
+from serve import BIN, free_port, start, stop
 
 from mwml.baseline import BaselineConfig, BaselineModel
+from mwml.config import get_settings
 from mwml.data import load, split
-from mwml.rollout import CanaryPlan, Stream, bandit_regret, peeking_false_positives, simulate_canary, srm_p
+from mwml.rollout import CanaryPlan, Ledger, Stream, bandit_regret, ledger_target, peeking_false_positives, simulate_canary, srm_p
 
 RPS, STEPS, INTERVAL_S, CHECK_S = 20.0, (0.05, 0.25, 0.5, 1.0), 60.0, 5.0
 LABEL_SHARE, LABEL_DELAY_S = 0.5, 30.0
@@ -73,11 +83,91 @@ def srm_rates(experiments: int, n: int, seed: int = 0) -> dict:
     return rates
 
 
+def mwml(*args, env: dict) -> str:
+    r = subprocess.run([str(BIN / "mwml"), *map(str, args)], env=env, capture_output=True, text=True)
+    if r.returncode != 0:
+        raise RuntimeError(f"mwml {' '.join(map(str, args))} failed: {r.stderr[-2000:]}")
+    return r.stdout
+
+
+def registered_models(home: Path) -> tuple[dict, str, str]:
+    "A throw-away home: the baseline as version 1 (champion) and 2 (a good candidate), a random tiny tagger as 3 (broken)."
+    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "MWML_API_TOKEN", "RAY_ADDRESS")}
+    env.update(MWML_HOME=str(home), MWML_ROLLOUT_CHECK_S="1")
+    run = mwml("train", "--model", "baseline", env=env).split("MLflow run ")[1].split()[0]
+    first = mwml("register", run, env=env).split("version ")[1].split()[0]
+    client, name = mlflow.MlflowClient(get_settings(env).tracking_uri), get_settings(env).model_name
+    client.set_registered_model_alias(name, "champion", first)
+    v1 = client.get_model_version(name, first)
+    good = client.create_model_version(name, v1.source, v1.run_id).version
+    run = mwml("train", "--backbone", "tiny", "--epochs", "1", "--sample-size", "64", env=env).split("MLflow run ")[1].split()[0]
+    broken = mwml("register", run, env=env).split("version ")[1].split()[0]
+    return env, str(good), str(broken)
+
+
+def paced(base: str, items: list[dict], rps: float, seconds: float, until=None, threads: int = 4) -> list[tuple[float, int]]:
+    "Send one-item requests at `rps` (each a new user) for `seconds` or until `until()`: (latency ms, status) of each."
+    out, stop_at = [], time.monotonic() + seconds
+
+    def worker(k: int):
+        next_at = time.monotonic() + k / rps
+        with httpx.Client(timeout=30) as http:
+            i = k
+            while time.monotonic() < stop_at and not (until and until()):
+                time.sleep(max(0.0, next_at - time.monotonic()))
+                t0 = time.perf_counter()
+                status = http.post(f"{base}/predict", json={"items": [items[i % len(items)]]}, headers={"X-Mwml-User": f"u{i}"}).status_code
+                out.append(((time.perf_counter() - t0) * 1000, status))
+                next_at, i = next_at + threads / rps, i + threads
+
+    pool = [threading.Thread(target=worker, args=(k,)) for k in range(threads)]
+    for t in pool:
+        t.start()
+    for t in pool:
+        t.join()
+    return out
+
+
+def live(items: list[dict], repeats: int, work: Path) -> dict:
+    "In a real `mwml serve` (uvicorn): seconds until a canary of a broken candidate rolls back at 20 requests/s, and shadowing's p99 cost."
+    env, good, broken = registered_models(work / "home")
+    ledger = Ledger(ledger_target(get_settings(env)))
+    port = free_port()
+    proc, _ = start([str(BIN / "mwml"), "serve", "--port", str(port)], port, env, Path.cwd(), work / "serve.log")
+    base, result = f"http://127.0.0.1:{port}", {"rollbacks": [], "p99_ms": {"no roll-out": [], "shadow 100%": []}}
+    try:
+        paced(base, items, RPS, 10)  # warm-up
+        for _ in range(repeats):
+            started = json.loads(mwml("rollout", "start", "--candidate", broken, "--json", env=env))["id"]
+            time.sleep(1.5)  # the router reads the ledger every second
+            t0 = time.monotonic()
+            sent = paced(base, items, RPS, 120, until=lambda rid=started: ledger.get(rid)["state"] != "running")
+            row = ledger.get(started)
+            result["rollbacks"].append({"seconds": row["ended"] - row["started"] - 1.5, "traffic_seconds": time.monotonic() - t0,
+                                        "requests": len(sent), "errors": sum(s != 200 for _, s in sent), "state": row["state"],
+                                        "reason": row["reason"]})  # fmt: skip
+            print(f"canary of a broken candidate: {row['state']} after {result['rollbacks'][-1]['seconds']:.1f} s", flush=True)
+        for _ in range(repeats):
+            result["p99_ms"]["no roll-out"].append(float(np.percentile([ms for ms, _ in paced(base, items, RPS, 30)], 99)))
+            mwml("rollout", "start", "--candidate", good, "--policy", "shadow", env=env)
+            time.sleep(1.5)
+            result["p99_ms"]["shadow 100%"].append(float(np.percentile([ms for ms, _ in paced(base, items, RPS, 30)], 99)))
+            mwml("rollout", "abort", env=env)
+            time.sleep(1.5)
+            print(f"p99 at {RPS:.0f} requests/s: {result['p99_ms']}", flush=True)
+    finally:
+        stop(proc)
+    p99 = {k: float(np.median(v)) for k, v in result["p99_ms"].items()}
+    result["shadow_p99_ratio"] = p99["shadow 100%"] / p99["no roll-out"]
+    return result
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--experiments", type=int, default=1000, help="A/A experiments and SRM experiments")
     parser.add_argument("--seeds", type=int, default=20, help="canary runs per candidate and bandit runs")
     parser.add_argument("--minutes", type=float, default=10, help="minutes of traffic per canary stream")
+    parser.add_argument("--live-repeats", type=int, default=3, help="canaries and shadow runs in a real mwml serve (0: none)")
     args = parser.parse_args()
     bench = Benchmark("rollout", "scikit-learn", "scipy")
 
@@ -114,10 +204,13 @@ def main():
     bandit["ratio"] = bandit["thompson_mean"] / bandit["even_split"]
     print(f"bandit regret at n=100,000: {bandit}", flush=True)
 
+    items = [{"title": t, "description": d} for t, d in zip(pool.title, pool.description)]
+    live_result = live(items, args.live_repeats, Path(tempfile.mkdtemp(prefix="mwml-bench-rollout-"))) if args.live_repeats else None
+
     result = {"setup": {"rps": RPS, "steps": STEPS, "interval_s": INTERVAL_S, "check_every_s": CHECK_S, "label_share": LABEL_SHARE,
                         "label_delay_s": LABEL_DELAY_S, "pool_projects": len(pool), "latency_p99_ms": float(np.percentile(latency, 99))},
               "accuracy": accuracy, "disagreement_with_champion": disagreement, "canary": canary, "peeking": peeking,
-              "srm": srm, "bandit": bandit}  # fmt: skip
+              "srm": srm, "bandit": bandit, "live": live_result}  # fmt: skip
     rows = [(f"canary: {name}", ", ".join(f"{k} {v}" for k, v in c["outcomes"].items()),
              f"{c['seconds_median']:.0f} s ({c['seconds_max']:.0f} max)", f"{c['candidate_requests_median']:.0f}")
             for name, c in canary.items()]  # fmt: skip
@@ -125,6 +218,11 @@ def main():
              *[(f"SRM at {n:,} requests: 48/52 caught / 50/50 false alarms", f"{r['48/52']:.3f} / {r['50/50']:.3f}", "–", "–")
                for n, r in srm.items()],
              ("bandit regret: Thompson / even split", f"{bandit['thompson_mean']:.0f} / {bandit['even_split']:.0f}", "–", "–")]  # fmt: skip
+    if live_result:
+        secs = [r["seconds"] for r in live_result["rollbacks"]]
+        rows += [("live canary, broken candidate, 20 requests/s (`mwml serve`)", ", ".join(r["state"] for r in live_result["rollbacks"]),
+                  f"{np.median(secs):.1f} s ({max(secs):.1f} max)", "–"),
+                 ("live shadow (100% copies): p99 with / without", f"{live_result['shadow_p99_ratio']:.2f}×", "–", "–")]  # fmt: skip
     bench.write(result, rows, ("what", "result", "time to decision", "candidate requests"))
 
 

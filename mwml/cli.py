@@ -598,7 +598,8 @@ def pipeline(config: Annotated[Path | None, typer.Option(help="JSON file of tagg
         typer.echo(f"\nMLflow store: {s.tracking_uri}\nbrowse it with: mlflow ui --backend-store-uri {s.tracking_uri}")
 
 # %% ../nbs/15_cli.ipynb #9e008824
-rollout_app = typer.Typer(help="Roll out a candidate on live traffic: canary or shadow; status, promote, abort.", no_args_is_help=True)
+rollout_app = typer.Typer(help="Roll out candidates on live traffic: canary, shadow, A/B or bandit; status, promote, abort.",
+                          no_args_is_help=True)
 app.add_typer(rollout_app, name="rollout")
 
 def parse_seconds(text: str,  # `90`, `90s`, `2m` or `1h`
@@ -620,17 +621,22 @@ def _ledger():
 
 @rollout_app.command("start")
 def rollout_start(candidate: Annotated[list[str], typer.Option(help="a candidate: registry alias, version or folder (repeat for several)")],
-                  policy: Annotated[str, typer.Option(help="canary (steps with gates, automatic rollback) or shadow (copies, "
-                                                             "never returned)")] = "canary",
+                  policy: Annotated[str, typer.Option(help="canary (steps with gates, automatic rollback), shadow (copies, never "
+                                                             "returned), ab (sticky split, always-valid test) or bandit "
+                                                             "(Thompson sampling)")] = "canary",
                   steps: Annotated[str, typer.Option(help="canary: percentages of traffic, step by step")] = "5,25,50,100",
                   interval: Annotated[str, typer.Option(help="canary: how long each step lasts (60s, 2m, ...)")] = "60s",
-                  shadow_share: Annotated[float, typer.Option(help="shadow: percentage of requests copied to each candidate")] = 100,
+                  share: Annotated[float, typer.Option(help="shadow: percentage of requests copied to each candidate; ab: "
+                                                            "percentage of users on the candidate")] = 100,
+                  reweight: Annotated[str, typer.Option(help="bandit: time between reweightings (60s, 5m, ...)")] = "60s",
                   as_json: Annotated[bool, typer.Option("--json", help="print the roll-out as JSON")] = False):
     "Start a roll-out: the candidates must load and predict the champion's tags; one roll-out at a time."
     from mwml.rollout import rollout_status, start_rollout
     with handle_errors():
         ledger = _ledger()
-        rid = start_rollout(ledger, candidate, policy, parse_steps(steps), parse_seconds(interval), shadow_share / 100)
+        if policy == "ab" and share == 100: share = 50  # an A/B test's default split
+        rid = start_rollout(ledger, candidate, policy, parse_steps(steps), parse_seconds(interval), share / 100,
+                            reweight_s=parse_seconds(reweight))  # fmt: skip
         status = rollout_status(ledger)
     if as_json: return echo_json(status)
     typer.echo(f"roll-out {rid} started: {policy} of {', '.join(candidate)}; traffic {status['traffic']}")
@@ -648,10 +654,11 @@ def rollout_status_command(as_json: Annotated[bool, typer.Option("--json", help=
     if status["reason"]: typer.echo(f"ended: {status['reason']}")
 
 @rollout_app.command("promote")
-def rollout_promote(as_json: Annotated[bool, typer.Option("--json", help="print the outcome as JSON")] = False):
+def rollout_promote(candidate: Annotated[str | None, typer.Option(help="which candidate, when there are several (a bandit)")] = None,
+                    as_json: Annotated[bool, typer.Option("--json", help="print the outcome as JSON")] = False):
     "End the running roll-out through the registry's gate; exit 3 when the gate refuses (the champion stays)."
     from mwml.rollout import promote_rollout
-    with handle_errors(): row = promote_rollout(_ledger())
+    with handle_errors(): row = promote_rollout(_ledger(), candidate)
     if as_json: echo_json(row)
     else: typer.echo(f"roll-out {row['id']}: {row['state']} ({row['reason']})")
     if row["state"] != "promoted": raise typer.Exit(EXIT_REFUSED)

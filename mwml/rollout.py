@@ -30,10 +30,11 @@ from .serve import FEEDBACK, PREDICTIONS, PredictionLog, Route, ServeConfig
 __all__ = ['logger', 'BUCKETS', 'SRM_P', 'REQUIRED_GATES', 'LEDGER_TABLES', 'ROLLOUTS', 'EVENTS', 'ACTIVE', 'FINISHED',
            'POLICIES', 'RolloutError', 'bucket', 'check_shares', 'sticky_arm', 'weighted_arm', 'Moments', 'Comparison',
            'msprt', 'z_test', 'peeking_false_positives', 'cuped', 'srm_p', 'thompson_weights', 'bandit_regret', 'Gates',
-           'Evidence', 'check_gates', 'Decision', 'CanaryPlan', 'Canary', 'Ledger', 'run_check', 'replay_canary',
-           'Stream', 'simulate_canary', 'plot_rollout', 'ledger_target', 'current_traffic', 'Router', 'log_evidence',
+           'Evidence', 'check_gates', 'Decision', 'CanaryPlan', 'Canary', 'ABPlan', 'decide_ab', 'BanditPlan',
+           'reweigh', 'Ledger', 'run_check', 'replay_canary', 'Stream', 'simulate_canary', 'plot_rollout',
+           'ledger_target', 'current_traffic', 'Router', 'log_evidence', 'labelled_outcomes', 'ab_evidence',
            'Controller', 'gate_and_promote', 'class_difference', 'start_rollout', 'abort_rollout', 'promote_rollout',
-           'rollout_status', 'every', 'attach_router', 'supervise_rollouts']
+           'replay', 'rollout_status', 'every', 'attach_router', 'supervise_rollouts']
 
 # %% ../nbs/12_rollout.ipynb #1eb16b91
 logger = logging.getLogger(__name__)
@@ -267,10 +268,11 @@ def check_gates(e: Evidence,  # what the candidate did since its step began
 @dataclass
 class Decision:
     "What a policy decided at one check, and why."
-    action: str  # `hold`, `advance`, `promote` or `rollback`
+    action: str  # `hold`, `advance`, `promote`, `rollback` or (bandit) `reweight`
     share: float  # the candidate's share of traffic after the decision
     reasons: list[str]  # why, in words
     gates: list[dict] = field(default_factory=list)  # every gate's value, limit and verdict
+    weights: dict[str, float] | None = None  # bandit: every arm's share of traffic after the decision
 
 @dataclass
 class CanaryPlan:
@@ -319,6 +321,55 @@ class Canary:
             return Decision("promote", 1.0, ["every step passed its gates"], gates)
         self.step, self.step_started = self.step + 1, now
         return Decision("advance", self.share, [f"step {self.step} passed its gates"], gates)
+
+# %% ../nbs/12_rollout.ipynb #b6412351
+@dataclass
+class ABPlan:
+    "A sticky A/B test of one candidate against the champion, decided by the always-valid test on labelled requests."
+    candidate: str  # registry alias or version
+    share: float = 0.5  # the candidate's share of the users
+    alpha: float = 0.05  # level of the confidence sequence
+    tau: float = 0.05  # scale of the differences the test looks for
+    min_labels: int = 50  # labelled requests per arm before any decision
+
+def decide_ab(plan: ABPlan,
+              champion: Moments,  # the champion's metric per labelled request (CUPED-adjusted)
+              candidate: Moments,  # the candidate's
+              srm: float = 1.0,  # sample-ratio-mismatch p-value
+              ) -> Decision:
+    "Promote when the candidate is surely better, roll back when surely worse, hold otherwise (and always under an SRM)."
+    c = msprt(champion, candidate, plan.alpha, plan.tau)
+    gates = [{"gate": "accuracy", "value": c.diff, "interval": [c.low, c.high], "p": c.p, "n": list(c.n),
+              "passed": None if c.low <= 0 <= c.high else bool(c.low > 0)}]
+    hold = lambda why: Decision("hold", plan.share, [why], gates)
+    if min(c.n) < plan.min_labels: return hold(f"too few labels ({min(c.n)} < {plan.min_labels} in an arm)")
+    if srm < SRM_P: return hold(f"sample-ratio mismatch (p = {srm:.2g} < {SRM_P}): decisions blocked")
+    interval = f"{c.diff:+.3f} ({c.low:+.3f} to {c.high:+.3f}, always-valid {1 - plan.alpha:.0%})"
+    if c.low > 0: return Decision("promote", 1.0, [f"the candidate is better: {interval}"], gates)
+    if c.high < 0: return Decision("rollback", 0.0, [f"the candidate is worse: {interval}"], gates)
+    return hold(f"no difference yet: {interval}")
+
+# %% ../nbs/12_rollout.ipynb #8510724d
+@dataclass
+class BanditPlan:
+    "Thompson sampling over the champion and the candidates on the labelled reward."
+    candidates: list[str]  # registry aliases or versions
+    floor: float = 0.01  # least share of traffic per arm
+    reweight_s: float = 60.0  # seconds between reweightings
+    burn_in: int = 20  # labelled requests per arm before the first reweighting
+
+def reweigh(plan: BanditPlan,
+            wins: dict[str, int],  # arm -> rewarded requests so far
+            losses: dict[str, int],  # arm -> unrewarded requests so far
+            seed: int,  # the check's number (replays the same draws)
+            ) -> Decision:
+    "New weights by Thompson sampling once every arm has its burn-in of labels; hold before."
+    arms = ["champion", *plan.candidates]
+    if short := [a for a in arms if wins.get(a, 0) + losses.get(a, 0) < plan.burn_in]:
+        return Decision("hold", 0.0, [f"burn-in: fewer than {plan.burn_in} labels for {', '.join(short)}"])
+    weights = thompson_weights({a: wins.get(a, 0) for a in arms}, {a: losses.get(a, 0) for a in arms}, plan.floor, seed=seed)
+    best = max(weights, key=weights.get)
+    return Decision("reweight", 0.0, [f"{best} is the best arm with probability {weights[best] - plan.floor:.2f}+"], weights=weights)
 
 # %% ../nbs/12_rollout.ipynb #723bc263
 LEDGER_TABLES = sa.MetaData()
@@ -498,7 +549,7 @@ def plot_rollout(events: list[dict],  # `Ledger.events` of one roll-out
     return fig
 
 # %% ../nbs/12_rollout.ipynb #8db9a7c1
-POLICIES = ("canary", "shadow")
+POLICIES = ("canary", "shadow", "ab", "bandit")
 
 def ledger_target(settings=None) -> str:
     "Where the ledger lives: `MWML_ROLLOUT_LEDGER` (a file or a SQLAlchemy URL), default `$MWML_HOME/rollouts.db`."
@@ -536,8 +587,11 @@ class Router:
         rollout, traffic, predictors = self.rollout, self.traffic, self.predictors  # one consistent view
         if rollout is None: return Route("champion")
         b = bucket(key, rollout["id"])
+        if traffic.get("weights"):  # a bandit: every arm by weight, the champion among them
+            arm = weighted_arm(b, traffic["weights"])
+            return Route(arm, predictors.get(arm), rollout["id"])
         arm = sticky_arm(b, traffic["shares"])
-        if arm is not None:  # the champion answers a copy: the reference for the candidate's disagreement
+        if arm is not None:  # the champion answers a copy: the reference for disagreement, and CUPED's covariate
             return Route(arm, predictors[arm], rollout["id"], (("champion", None),))
         shadows = tuple((name, predictors[name]) for name, share in traffic["shadow"].items() if b < round(share * BUCKETS))
         return Route("champion", None, rollout["id"], shadows)
@@ -572,6 +626,27 @@ def log_evidence(log: PredictionLog,  # the server's prediction log
                  champion=correct(served[served.arm == "champion"]), candidate=correct(answered))
     return e, served.arm.value_counts().to_dict()
 
+# %% ../nbs/12_rollout.ipynb #10230f68
+def labelled_outcomes(log: PredictionLog, rollout_id: str, since: float = 0.0) -> pd.DataFrame:
+    "Each labelled served answer of a roll-out: its `arm`, whether it was `correct`, and the champion's `confidence` on it."
+    p, f = PREDICTIONS, FEEDBACK
+    with connected(log.engine, begin=False) as conn:
+        rows = pd.read_sql(sa.select(p.c.id, p.c.arm, p.c.tag, p.c.probabilities, p.c.shadow_of, p.c.error, f.c.tag.label("true_tag"))
+                           .select_from(p.outerjoin(f, f.c.prediction_id == p.c.id))
+                           .where(p.c.rollout_id == rollout_id, p.c.time >= since), conn)  # fmt: skip
+    top = rows.probabilities.map(lambda text: max(json.loads(text).values()) if text and text != "null" else np.nan)
+    champion_copy = dict(zip(rows.shadow_of[rows.shadow_of.notna() & (rows.arm == "champion")], top[rows.shadow_of.notna()]))
+    served = rows[rows.shadow_of.isna() & rows.error.isna() & rows.true_tag.notna()]
+    confidence = np.where(served.arm == "champion", top[served.index], served.id.map(champion_copy))
+    return pd.DataFrame({"arm": served.arm, "correct": (served.tag == served.true_tag).astype(float), "confidence": confidence})
+
+def ab_evidence(outcomes: pd.DataFrame, candidate: str) -> tuple[Moments, Moments]:
+    "The champion's and the candidate's CUPED-adjusted correctness (unadjusted where a covariate is missing)."
+    both = outcomes[outcomes.arm.isin(["champion", candidate])]
+    known = both.confidence.notna().all() and len(both) > 1
+    y = cuped(both.correct.to_numpy(), both.confidence.to_numpy()) if known else both.correct.to_numpy()
+    return Moments().add(y[(both.arm == "champion").to_numpy()]), Moments().add(y[(both.arm == candidate).to_numpy()])
+
 # %% ../nbs/12_rollout.ipynb #76c414d3
 class Controller:
     "The server's one driver of the running roll-out: checks, traffic changes, and the end (promote through the gate, or roll back)."
@@ -594,6 +669,8 @@ class Controller:
         if rollout["id"] != self.rollout_id:  # a new roll-out, or this server restarted: the ledger says where it was
             self.rollout_id = rollout["id"]
             self.canary = replay_canary(self.ledger, rollout["id"]) if rollout["policy"] == "canary" else None
+        if rollout["policy"] == "ab": return self.step_ab(rollout, now)
+        if rollout["policy"] == "bandit": return self.step_bandit(rollout, now)
         if self.canary is None: return None  # shadow: answers are logged, people decide (`mwml rollout promote`)
         candidate = self.canary.plan.candidate
         e, served = log_evidence(self.log, rollout["id"], candidate, self.canary.step_started)
@@ -606,6 +683,44 @@ class Controller:
             self.ledger.finish(rollout["id"], "rolled back", "; ".join(decision.reasons), now)
         if decision.action == "promote": self.finish_promoted(rollout, "; ".join(decision.reasons), now)
         return decision
+
+    def step_ab(self, rollout: dict, now: float) -> Decision:
+        "One look of the A/B test at everything labelled since it started."
+        plan = ABPlan(**json.loads(rollout["plan"])["ab"])
+        champion, candidate = ab_evidence(labelled_outcomes(self.log, rollout["id"]), plan.candidate)
+        served = self.served(rollout["id"])
+        srm = srm_p({plan.candidate: served.get(plan.candidate, 0), "champion": served.get("champion", 0)},
+                    {plan.candidate: plan.share, "champion": 1 - plan.share})  # fmt: skip
+        decision = decide_ab(plan, champion, candidate, srm)
+        self.ledger.record(rollout["id"], "check", {"evidence": {"champion": asdict(champion), "candidate": asdict(candidate)},
+                                                    "srm": srm, "decision": asdict(decision)}, now)  # fmt: skip
+        if decision.action == "rollback":
+            self.ledger.record(rollout["id"], "traffic", {"shares": {plan.candidate: 0.0}, "shadow": {}}, now)
+            self.ledger.finish(rollout["id"], "rolled back", "; ".join(decision.reasons), now)
+        if decision.action == "promote": self.finish_promoted(rollout, "; ".join(decision.reasons), now)
+        return decision
+
+    def step_bandit(self, rollout: dict, now: float) -> Decision | None:
+        "Reweight the bandit's traffic when `reweight_s` has passed since the last reweighting."
+        plan = BanditPlan(**json.loads(rollout["plan"])["bandit"])
+        events = self.ledger.events(rollout["id"])
+        if now - max(e["time"] for e in events if e["kind"] in ("start", "check")) < plan.reweight_s: return None
+        outcomes = labelled_outcomes(self.log, rollout["id"])
+        wins = outcomes.groupby("arm").correct.sum().astype(int).to_dict()
+        losses = (outcomes.groupby("arm").correct.count() - outcomes.groupby("arm").correct.sum()).astype(int).to_dict()
+        seed = sum(e["kind"] == "check" for e in events)
+        decision = reweigh(plan, wins, losses, seed)
+        self.ledger.record(rollout["id"], "check", {"evidence": {"wins": wins, "losses": losses}, "seed": seed,
+                                                    "decision": asdict(decision)}, now)  # fmt: skip
+        if decision.weights: self.ledger.record(rollout["id"], "traffic", {"shares": {}, "shadow": {}, "weights": decision.weights}, now)
+        return decision
+
+    def served(self, rollout_id: str) -> dict[str, int]:
+        "The requests each arm of a roll-out served (for the SRM check)."
+        with connected(self.log.engine, begin=False) as conn:
+            rows = conn.execute(sa.select(PREDICTIONS.c.arm, sa.func.count()).where(PREDICTIONS.c.rollout_id == rollout_id,
+                                PREDICTIONS.c.shadow_of.is_(None)).group_by(PREDICTIONS.c.arm)).all()  # fmt: skip
+        return {arm: n for arm, n in rows}
 
     def finish_promoted(self, rollout: dict, reason: str, now: float):
         "Move `champion` to the candidate through the registry's gate; the roll-out ends promoted, or refused by the gate."
@@ -636,7 +751,8 @@ def start_rollout(ledger: Ledger,  # where to record it
                   policy: str = "canary",  # one of `POLICIES`
                   steps: tuple[float, ...] = (0.05, 0.25, 0.5, 1.0),  # canary: the shares of traffic
                   interval_s: float = 60.0,  # canary: how long each step lasts
-                  shadow_share: float = 1.0,  # shadow: the share of requests copied to each candidate
+                  share: float = 1.0,  # shadow: the share of requests copied to each candidate; ab: the candidate's share of users
+                  reweight_s: float = 60.0,  # bandit: seconds between reweightings
                   gates: Gates | None = None,  # canary: the limits (default `Gates()`)
                   champion: str = "champion",  # the champion's reference
                   load=None,  # `ref -> Predictor` (default `Predictor.load`)
@@ -644,7 +760,8 @@ def start_rollout(ledger: Ledger,  # where to record it
                   ) -> str:
     "Check that the candidates load and predict the champion's tags, then record the roll-out and its first traffic; its id."
     if policy not in POLICIES: raise RolloutError(f"policy {policy!r} is not one of {', '.join(POLICIES)}")
-    if policy == "canary" and len(candidates) != 1: raise RolloutError(f"a canary has one candidate, not {len(candidates)}")
+    if policy in ("canary", "ab") and len(candidates) != 1:
+        raise RolloutError(f"a {policy} roll-out has one candidate, not {len(candidates)}: a bandit takes several")
     if (running := ledger.running()) is not None:
         raise RolloutError(f"roll-out {running['id']} ({running['policy']}) is running: promote or abort it first")
     load, now = load or (lambda ref: Predictor.load(ref, device="cpu")), time.time() if now is None else now
@@ -660,9 +777,14 @@ def start_rollout(ledger: Ledger,  # where to record it
         if versions[ref] == str(base.info.get("version") or base.info.get("ref")):
             raise RolloutError(f"candidate {ref!r} is the champion itself (version {versions[ref]})")
     plan = {"versions": versions, "champion": str(base.info.get("version") or champion)}
-    if policy == "canary": plan["canary"] = asdict(CanaryPlan(candidates[0], steps, interval_s, gates or Gates()))
-    traffic = ({"shares": {candidates[0]: float(steps[0])}, "shadow": {}} if policy == "canary"
-               else {"shares": {}, "shadow": {ref: float(shadow_share) for ref in candidates}})
+    arms = ["champion", *candidates]
+    plan |= {"canary": {"canary": asdict(CanaryPlan(candidates[0], steps, interval_s, gates or Gates()))},
+             "ab": {"ab": asdict(ABPlan(candidates[0], share))},
+             "bandit": {"bandit": asdict(BanditPlan(list(candidates), reweight_s=reweight_s))}}.get(policy, {})
+    traffic = {"canary": {"shares": {candidates[0]: float(steps[0])}, "shadow": {}},
+               "ab": {"shares": {candidates[0]: float(share)}, "shadow": {}},
+               "bandit": {"shares": {}, "shadow": {}, "weights": {arm: 1 / len(arms) for arm in arms}},
+               "shadow": {"shares": {}, "shadow": {ref: float(share) for ref in candidates}}}[policy]
     rollout_id = uuid.uuid4().hex[:12]
     ledger.start(rollout_id, policy, plan, now)
     ledger.record(rollout_id, "traffic", traffic, now)
@@ -677,16 +799,41 @@ def abort_rollout(ledger: Ledger, reason: str = "aborted by hand", now: float | 
     ledger.finish(running["id"], "aborted", reason, now)
     return running["id"]
 
-def promote_rollout(ledger: Ledger, promote=None, now: float | None = None) -> dict:
+def promote_rollout(ledger: Ledger,
+                    candidate: str | None = None,  # which candidate, when the roll-out has several (a bandit)
+                    promote=None,  # `version -> (promoted, reasons)`; default: the registry's gate
+                    now: float | None = None,
+                    ) -> dict:
     "End the running roll-out by hand through the registry's gate: `champion` moves only if the gate passes."
     now, running = time.time() if now is None else now, ledger.running()
     if running is None: raise RolloutError("no roll-out is running")
     versions = json.loads(running["plan"])["versions"]
-    if len(versions) != 1: raise RolloutError(f"roll-out {running['id']} has {len(versions)} candidates: abort it, then promote one")
-    promoted, reasons = (promote or gate_and_promote)(next(iter(versions.values())))
+    if candidate is None and len(versions) != 1:
+        raise RolloutError(f"roll-out {running['id']} has {len(versions)} candidates ({', '.join(versions)}): name the one to promote")
+    if (candidate or next(iter(versions))) not in versions:
+        raise RolloutError(f"{candidate!r} is not a candidate of roll-out {running['id']}: {', '.join(versions)}")
+    promoted, reasons = (promote or gate_and_promote)(versions[candidate or next(iter(versions))])
     ledger.record(running["id"], "traffic", {"shares": {}, "shadow": {}}, now)
     ledger.finish(running["id"], "promoted" if promoted else "refused by the gate", "by hand" if promoted else "; ".join(reasons), now)
     return ledger.get(running["id"])
+
+def replay(ledger: Ledger, rollout_id: str) -> int:
+    "Recompute every recorded decision of a roll-out from its recorded evidence; the number of checks, or `RolloutError`."
+    row, events = ledger.get(rollout_id), ledger.events(rollout_id)
+    checks = [e for e in events if e["kind"] == "check"]
+    if row["policy"] == "canary":
+        replay_canary(ledger, rollout_id)
+        return len(checks)
+    plan = json.loads(row["plan"])
+    for check in checks:
+        d, recorded = check["data"], check["data"]["decision"]
+        if row["policy"] == "ab":
+            again = decide_ab(ABPlan(**plan["ab"]), Moments(**d["evidence"]["champion"]), Moments(**d["evidence"]["candidate"]), d["srm"])
+        else: again = reweigh(BanditPlan(**plan["bandit"]), d["evidence"]["wins"], d["evidence"]["losses"], d["seed"])
+        if (again.action, again.weights) != (recorded["action"], recorded["weights"]):
+            raise RolloutError(f"check at {check['time']} of roll-out {rollout_id} replays as {again.action} {again.weights or ''}, "
+                               f"but {recorded['action']} {recorded['weights'] or ''} was recorded")
+    return len(checks)
 
 def rollout_status(ledger: Ledger) -> dict | None:
     "The running roll-out (else the latest one): its row, traffic, last check and number of checks."
