@@ -526,25 +526,32 @@ def plot_rollout(events: list[dict],  # `Ledger.events` of one roll-out
                  ):
     "Share of traffic, gate values against their limits, and the accuracy difference with its interval, check by check."
     import matplotlib.pyplot as plt
-    checks = [e for e in events if e["kind"] == "check"]
-    t = [e["time"] for e in checks]
+    t0 = events[0]["time"]
+    checks = [(e["time"] - t0, e["data"]["decision"]) for e in events if e["kind"] == "check"]
+    def series(name): return [(t, g) for t, d in checks for g in d["gates"] if g["gate"] == name]
     fig, axes = plt.subplots(3, 1, figsize=(8, 7), sharex=True)
-    axes[0].step([0.0, *t], [checks[0]["data"]["decision"]["share"] if checks else 0.0,
-                             *[e["data"]["decision"]["share"] for e in checks]], where="post")  # fmt: skip
-    axes[0].set(ylabel="candidate share", ylim=(-0.05, 1.05), title=f"roll-out: {events[-1]['data'].get('state', 'running')}")
+    traffic = [(e["time"] - t0, e["data"]) for e in events if e["kind"] == "traffic"]
+    def share(arm, d): return d.get("weights", {}).get(arm, d["shares"].get(arm, 0.0))
+    end = max([t for t, _ in checks] + [t for t, _ in traffic])
+    for arm in dict.fromkeys(a for _, d in traffic for a in {**d["shares"], **d.get("weights", {})}):
+        axes[0].step([t for t, _ in traffic] + [end], [share(arm, d) for _, d in traffic] + [share(arm, traffic[-1][1])],
+                     where="post", label=arm)  # fmt: skip
+    axes[0].set(ylabel="share of traffic", ylim=(-0.05, 1.05), title=f"roll-out: {events[-1]['data'].get('state', 'running')}")
+    axes[0].legend(fontsize="small")
     for name in ("error_rate", "disagreement"):
-        gates = [next(g for g in e["data"]["decision"]["gates"] if g["gate"] == name) for e in checks]
-        line, = axes[1].plot(t, [g["value"] for g in gates], marker=".", label=name)
-        if gates: axes[1].axhline(gates[0]["limit"], color=line.get_color(), ls="--", lw=1)
+        if points := series(name):
+            line, = axes[1].plot([t for t, _ in points], [g["value"] for _, g in points], marker=".", label=name)
+            axes[1].axhline(points[0][1]["limit"], color=line.get_color(), ls="--", lw=1)
     axes[1].set(ylabel="gate value (-- limit)")
-    axes[1].legend()
-    accuracy = [next(g for g in e["data"]["decision"]["gates"] if g["gate"] == "accuracy") for e in checks]
-    axes[2].plot(t, [g["value"] for g in accuracy], marker=".", label="candidate - champion")
-    axes[2].fill_between(t, [max(g["interval"][0], -1) for g in accuracy], [min(g["interval"][1], 1) for g in accuracy], alpha=0.2,
-                         label="always-valid 95% interval")  # fmt: skip
+    if axes[1].lines: axes[1].legend()
+    if points := [(t, g) for t, g in series("accuracy") if g["value"] == g["value"]]:  # NaN: no labels yet
+        t = [t for t, _ in points]
+        axes[2].plot(t, [g["value"] for _, g in points], marker=".", label="candidate - champion")
+        axes[2].fill_between(t, [max(g["interval"][0], -1) for _, g in points], [min(g["interval"][1], 1) for _, g in points],
+                             alpha=0.2, label="always-valid 95% interval")  # fmt: skip
+        axes[2].legend()
     axes[2].axhline(0, color="grey", lw=1)
-    axes[2].set(ylabel="accuracy difference", xlabel="seconds of traffic", ylim=(-1, 1))
-    axes[2].legend()
+    axes[2].set(ylabel="accuracy difference", xlabel="seconds since the start", ylim=(-1, 1))
     fig.tight_layout()
     return fig
 
@@ -835,9 +842,11 @@ def replay(ledger: Ledger, rollout_id: str) -> int:
                                f"but {recorded['action']} {recorded['weights'] or ''} was recorded")
     return len(checks)
 
-def rollout_status(ledger: Ledger) -> dict | None:
-    "The running roll-out (else the latest one): its row, traffic, last check and number of checks."
-    row = ledger.running() or ledger.latest()
+def rollout_status(ledger: Ledger,
+                   rollout_id: str | None = None,  # which roll-out; None: the running one, else the latest
+                   ) -> dict | None:
+    "A roll-out's row, traffic, last check and number of checks."
+    row = ledger.get(rollout_id) if rollout_id else ledger.running() or ledger.latest()
     if row is None: return None
     events = ledger.events(row["id"])
     checks = [e for e in events if e["kind"] == "check"]

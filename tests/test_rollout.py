@@ -162,7 +162,7 @@ def test_a_canary_with_a_broken_candidate_rolls_back_on_its_own(registered):
             for t in threads:
                 t.join()
         print(f"rolled back after {time.monotonic() - t0:.1f} s of traffic and {len(sent)} requests: {ended['reason']}")
-        assert (ended["state"], ended["reason"]) == ("rolled back", "gate disagreement failed")
+        assert ended["state"] == "rolled back" and "gate disagreement failed" in ended["reason"], ended  # p99 may fail too, if busy
         assert set(sent) == {200}
         assert replay_canary(ledger, started["id"]).outcome == "rollback"  # the recorded checks replay to the same decisions
         assert rollout(env, "status")["traffic"]["shares"] == {broken: 0.0}
