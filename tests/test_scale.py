@@ -139,7 +139,7 @@ def test_serve_puts_a_replica_on_each_node_and_survives_losing_one(cluster, on_c
     server = start_mwml("serve", "--model", version, "--replicas", "2", "--port", port, env=env)
     base = f"http://127.0.0.1:{port}"
     try:
-        wait_until_ready(server, base)  # one replica answers; Serve may still be (re)starting the other
+        wait_until_ready(server, base, patience=300)  # one replica answers (Serve may still be starting the other); slow if busy
         deadline = time.monotonic() + 180
         while set(cluster.actor_nodes("ServeReplica", alive=True)) != both_nodes(cluster):
             assert time.monotonic() < deadline, f"no live replica on each node: {cluster.state('actors')}"
@@ -163,6 +163,7 @@ def test_serve_puts_a_replica_on_each_node_and_survives_losing_one(cluster, on_c
         failed = [s for s in results if s != 200]
         print(f"killed the second node under load: {len(results) - len(failed)} of {len(results)} served, failures {failed}")
         assert len(results) == 300 and len(failed) <= 4, failed  # 4 threads: at most 4 requests in flight at the kill
+        cluster.wait_nodes(1)  # the head has seen the node die (Serve then stops routing to its replica)
         after = []  # serving goes on on the head: every request sent after the kill has been absorbed succeeds
         for t in hammer(f"{base}/predict", 20, 2, {}, after):
             t.join()

@@ -319,9 +319,9 @@ def test_mwml_serve_on_ray_serve(served):
         wait_for_two_replicas(base)  # Serve has replaced the killed one
 
         # a newly promoted champion is picked up on SIGHUP while requests keep flowing, none dropped, by EVERY replica:
-        # within a minute, 40 answers in a row come from both replicas and all name the new version
+        # within three minutes, 40 answers in a row come from both replicas and all name the new version
         reload_under_load(server, base, env, second)
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + 180  # both successors load the model; slow on a busy machine
         while True:
             answers = [httpx.get(f"{base}/model", headers=TOKEN, timeout=10) for _ in range(40)]
             seen = {(r.headers["X-Mwml-Replica"], r.json()["version"]) for r in answers}
