@@ -262,3 +262,17 @@ def test_an_unreachable_tracking_database_is_named_quickly(tmp_path):
     with pytest.raises(DatabaseError, match=f"cannot use the database server at 127.0.0.1:{port}"):
         use_mlflow(settings)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_the_rollout_ledger_on_postgres(fresh_postgres_url):
+    "The roll-out ledger on PostgreSQL: one roll-out at a time (a database constraint), events in order, finish frees the slot."
+    from mwml.rollout import Ledger, RolloutError
+
+    ledger = Ledger(fresh_postgres_url)
+    ledger.start("r1", "canary", {"versions": {"2": "2"}}, now=1.0)
+    with pytest.raises(RolloutError, match="roll-out r1 \\(canary\\) is running"):
+        Ledger(fresh_postgres_url).start("r2", "ab", {}, now=2.0)  # another server, the same database
+    ledger.record("r1", "traffic", {"shares": {"2": 0.05}}, now=3.0)
+    ledger.finish("r1", "rolled back", "gate error_rate failed", now=4.0)
+    assert [e["kind"] for e in ledger.events("r1")] == ["start", "traffic", "end"] and ledger.running() is None
+    assert ledger.get("r1")["state"] == "rolled back" and ledger.get("r2") is None
