@@ -32,9 +32,10 @@ __all__ = ['logger', 'BUCKETS', 'SRM_P', 'REQUIRED_GATES', 'LEDGER_TABLES', 'ROL
            'msprt', 'z_test', 'peeking_false_positives', 'cuped', 'srm_p', 'thompson_weights', 'bandit_regret', 'Gates',
            'Evidence', 'check_gates', 'Decision', 'CanaryPlan', 'Canary', 'ABPlan', 'decide_ab', 'BanditPlan',
            'reweigh', 'Ledger', 'run_check', 'replay_canary', 'Stream', 'simulate_canary', 'plot_rollout',
-           'ledger_target', 'current_traffic', 'Router', 'log_evidence', 'labelled_outcomes', 'ab_evidence',
-           'Controller', 'gate_and_promote', 'class_difference', 'start_rollout', 'abort_rollout', 'promote_rollout',
-           'replay', 'rollout_status', 'every', 'attach_router', 'supervise_rollouts']
+           'ledger_target', 'current_traffic', 'Router', 'rollout_rows', 'served_counts', 'log_evidence',
+           'labelled_outcomes', 'ab_evidence', 'Controller', 'gate_and_promote', 'class_difference', 'start_rollout',
+           'abort_rollout', 'promote_rollout', 'replay', 'rollout_status', 'every', 'attach_router',
+           'supervise_rollouts']
 
 # %% ../nbs/12_rollout.ipynb #1eb16b91
 logger = logging.getLogger(__name__)
@@ -611,17 +612,26 @@ class Router:
                 "started": self.rollout["started"], **self.traffic}
 
 # %% ../nbs/12_rollout.ipynb #c6c814da
-def log_evidence(log: PredictionLog,  # the server's prediction log
+def rollout_rows(log: PredictionLog,  # the server's prediction log
                  rollout_id: str,  # the roll-out
-                 candidate: str,  # the candidate's arm name
-                 since: float,  # the step's start (seconds since the epoch)
-                 ) -> tuple[Evidence, dict[str, int]]:
-    "The candidate's `Evidence` since `since`, and the requests each arm served (for the SRM check), from the log."
+                 since: float = 0.0,  # only rows logged from then (seconds since the epoch)
+                 ) -> pd.DataFrame:
+    "A roll-out's rows of the log (served answers, failures and shadow copies) with their feedback tag as `true_tag`."
     p, f = PREDICTIONS, FEEDBACK
     with connected(log.engine, begin=False) as conn:
-        rows = pd.read_sql(sa.select(p.c.id, p.c.arm, p.c.tag, p.c.error, p.c.latency_ms, p.c.shadow_of, f.c.tag.label("true_tag"))
+        return pd.read_sql(sa.select(p.c.id, p.c.arm, p.c.tag, p.c.probabilities, p.c.error, p.c.latency_ms, p.c.shadow_of,
+                                     f.c.tag.label("true_tag"))
                            .select_from(p.outerjoin(f, f.c.prediction_id == p.c.id))
                            .where(p.c.rollout_id == rollout_id, p.c.time >= since), conn)  # fmt: skip
+
+def served_counts(rows: pd.DataFrame) -> dict[str, int]:
+    "The requests each arm served (not the shadow copies): what the SRM check compares with the intended shares."
+    return rows[rows.shadow_of.isna()].arm.value_counts().to_dict()
+
+def log_evidence(rows: pd.DataFrame,  # `rollout_rows` since the step began
+                 candidate: str,  # the candidate's arm name
+                 ) -> Evidence:
+    "The candidate's `Evidence` from the log's rows."
     served, copies = rows[rows.shadow_of.isna()], rows[rows.shadow_of.notna()]
     mine = served[served.arm == candidate]
     answered = mine[mine.error.isna()]
@@ -631,18 +641,15 @@ def log_evidence(log: PredictionLog,  # the server's prediction log
                  p99_ms=float(np.percentile(mine.latency_ms, 99)) if len(mine) else 0.0,
                  compared=len(reference), disagreements=int((reference.tag != reference.tag_champion).sum()),
                  champion=correct(served[served.arm == "champion"]), candidate=correct(answered))
-    return e, served.arm.value_counts().to_dict()
+    return e
 
 # %% ../nbs/12_rollout.ipynb #10230f68
-def labelled_outcomes(log: PredictionLog, rollout_id: str, since: float = 0.0) -> pd.DataFrame:
-    "Each labelled served answer of a roll-out: its `arm`, whether it was `correct`, and the champion's `confidence` on it."
-    p, f = PREDICTIONS, FEEDBACK
-    with connected(log.engine, begin=False) as conn:
-        rows = pd.read_sql(sa.select(p.c.id, p.c.arm, p.c.tag, p.c.probabilities, p.c.shadow_of, p.c.error, f.c.tag.label("true_tag"))
-                           .select_from(p.outerjoin(f, f.c.prediction_id == p.c.id))
-                           .where(p.c.rollout_id == rollout_id, p.c.time >= since), conn)  # fmt: skip
+def labelled_outcomes(rows: pd.DataFrame,  # `rollout_rows`
+                      ) -> pd.DataFrame:
+    "Each labelled served answer: its `arm`, whether it was `correct`, and the champion's `confidence` on the same request."
     top = rows.probabilities.map(lambda text: max(json.loads(text).values()) if text and text != "null" else np.nan)
-    champion_copy = dict(zip(rows.shadow_of[rows.shadow_of.notna() & (rows.arm == "champion")], top[rows.shadow_of.notna()]))
+    copy = rows.shadow_of.notna() & (rows.arm == "champion")
+    champion_copy = dict(zip(rows.shadow_of[copy], top[copy]))
     served = rows[rows.shadow_of.isna() & rows.error.isna() & rows.true_tag.notna()]
     confidence = np.where(served.arm == "champion", top[served.index], served.id.map(champion_copy))
     return pd.DataFrame({"arm": served.arm, "correct": (served.tag == served.true_tag).astype(float), "confidence": confidence})
@@ -680,7 +687,8 @@ class Controller:
         if rollout["policy"] == "bandit": return self.step_bandit(rollout, now)
         if self.canary is None: return None  # shadow: answers are logged, people decide (`mwml rollout promote`)
         candidate = self.canary.plan.candidate
-        e, served = log_evidence(self.log, rollout["id"], candidate, self.canary.step_started)
+        rows = rollout_rows(self.log, rollout["id"], self.canary.step_started)
+        e, served = log_evidence(rows, candidate), served_counts(rows)
         share = self.canary.share
         srm = srm_p({candidate: served.get(candidate, 0), "champion": served.get("champion", 0)}, {candidate: share, "champion": 1 - share})
         decision = run_check(self.ledger, rollout["id"], self.canary, e, now, srm)
@@ -694,8 +702,9 @@ class Controller:
     def step_ab(self, rollout: dict, now: float) -> Decision:
         "One look of the A/B test at everything labelled since it started."
         plan = ABPlan(**json.loads(rollout["plan"])["ab"])
-        champion, candidate = ab_evidence(labelled_outcomes(self.log, rollout["id"]), plan.candidate)
-        served = self.served(rollout["id"])
+        rows = rollout_rows(self.log, rollout["id"])
+        champion, candidate = ab_evidence(labelled_outcomes(rows), plan.candidate)
+        served = served_counts(rows)
         srm = srm_p({plan.candidate: served.get(plan.candidate, 0), "champion": served.get("champion", 0)},
                     {plan.candidate: plan.share, "champion": 1 - plan.share})  # fmt: skip
         decision = decide_ab(plan, champion, candidate, srm)
@@ -712,22 +721,15 @@ class Controller:
         plan = BanditPlan(**json.loads(rollout["plan"])["bandit"])
         events = self.ledger.events(rollout["id"])
         if now - max(e["time"] for e in events if e["kind"] in ("start", "check")) < plan.reweight_s: return None
-        outcomes = labelled_outcomes(self.log, rollout["id"])
-        wins = outcomes.groupby("arm").correct.sum().astype(int).to_dict()
-        losses = (outcomes.groupby("arm").correct.count() - outcomes.groupby("arm").correct.sum()).astype(int).to_dict()
+        by_arm = labelled_outcomes(rollout_rows(self.log, rollout["id"])).groupby("arm").correct
+        wins = by_arm.sum().astype(int).to_dict()
+        losses = (by_arm.count() - by_arm.sum()).astype(int).to_dict()
         seed = sum(e["kind"] == "check" for e in events)
         decision = reweigh(plan, wins, losses, seed)
         self.ledger.record(rollout["id"], "check", {"evidence": {"wins": wins, "losses": losses}, "seed": seed,
                                                     "decision": asdict(decision)}, now)  # fmt: skip
         if decision.weights: self.ledger.record(rollout["id"], "traffic", {"shares": {}, "shadow": {}, "weights": decision.weights}, now)
         return decision
-
-    def served(self, rollout_id: str) -> dict[str, int]:
-        "The requests each arm of a roll-out served (for the SRM check)."
-        with connected(self.log.engine, begin=False) as conn:
-            rows = conn.execute(sa.select(PREDICTIONS.c.arm, sa.func.count()).where(PREDICTIONS.c.rollout_id == rollout_id,
-                                PREDICTIONS.c.shadow_of.is_(None)).group_by(PREDICTIONS.c.arm)).all()  # fmt: skip
-        return {arm: n for arm, n in rows}
 
     def finish_promoted(self, rollout: dict, reason: str, now: float):
         "Move `champion` to the candidate through the registry's gate; the roll-out ends promoted, or refused by the gate."

@@ -95,6 +95,16 @@ def interrupt(proc: subprocess.Popen, every: float = 5, patience: float = 180) -
         proc.communicate()
 
 
+def terminate(proc: subprocess.Popen, patience: float = 90) -> str:
+    "SIGTERM `proc` (a server stops cleanly on it), kill it if it lingers past `patience` seconds; return its stderr."
+    proc.send_signal(signal.SIGTERM)
+    try:
+        return proc.communicate(timeout=patience)[1]
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        return proc.communicate()[1]
+
+
 def wait_until_ready(server: subprocess.Popen, base: str, patience: float = 180):
     "Poll `base`/ready (no token: it is a probe) until it answers 200; fail if `server` exits first."
     deadline = time.monotonic() + patience

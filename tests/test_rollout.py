@@ -5,8 +5,6 @@ promoted through the registry's gate makes the server serve the new champion."""
 
 import json
 import os
-import signal
-import subprocess
 import threading
 import time
 
@@ -15,7 +13,7 @@ import mlflow
 import pandas as pd
 import pytest
 import sqlalchemy as sa
-from conftest import free_port, run_mwml, start_mwml, wait_until_ready
+from conftest import free_port, run_mwml, start_mwml, terminate, wait_until_ready
 
 from mwml.config import get_settings
 from mwml.data import load
@@ -64,13 +62,10 @@ def serve(env: dict, replicas: int = 0):
     return server, base
 
 
-def stop(server: subprocess.Popen):
-    server.send_signal(signal.SIGTERM)
-    try:
-        server.communicate(timeout=90)
-    except subprocess.TimeoutExpired:
-        server.kill()
-        server.communicate()
+def wait_for_rollout(base: str, running: bool = True):
+    "Block until the server's router has seen the roll-out start (or, with `running=False`, end)."
+    what = "the router saw the roll-out " + ("start" if running else "end")
+    wait_for(lambda: (httpx.get(f"{base}/model", headers=TOKEN).json()["rollout"] is not None) == running, what, 30)
 
 
 def rollout(env: dict, *args) -> dict:
@@ -108,7 +103,7 @@ def test_a_shadow_candidate_is_logged_never_returned(registered, replicas):
     server, base = serve(env, replicas)
     try:
         started = rollout(env, "start", "--candidate", broken, "--policy", "shadow")
-        wait_for(lambda: httpx.get(f"{base}/model", headers=TOKEN).json()["rollout"], "the router saw the roll-out", 30)
+        wait_for_rollout(base)
         batch = items(12)
         answers = [httpx.post(f"{base}/predict", json={"items": [item]}, headers=TOKEN, timeout=60).json()["predictions"][0]
                    for item in batch]  # fmt: skip
@@ -126,9 +121,9 @@ def test_a_shadow_candidate_is_logged_never_returned(registered, replicas):
         assert served <= users_saw and not users_saw & set(shadows.id)
         r = run_mwml("rollout", "abort", env=env)
         assert r.returncode == 0, r.stderr
-        wait_for(lambda: httpx.get(f"{base}/model", headers=TOKEN).json()["rollout"] is None, "the router saw the abort", 30)
+        wait_for_rollout(base, running=False)
     finally:
-        stop(server)
+        terminate(server)
 
 
 def test_a_canary_with_a_broken_candidate_rolls_back_on_its_own(registered):
@@ -137,7 +132,7 @@ def test_a_canary_with_a_broken_candidate_rolls_back_on_its_own(registered):
     server, base = serve(env)
     try:
         started = rollout(env, "start", "--candidate", broken, "--steps", "5,25,50,100", "--interval", "60s")
-        wait_for(lambda: httpx.get(f"{base}/model", headers=TOKEN).json()["rollout"], "the router saw the roll-out", 30)
+        wait_for_rollout(base)
         ledger, stop_traffic, sent = Ledger(ledger_target(get_settings(env))), threading.Event(), []
 
         def traffic(offset: int):  # 20 requests/s in all, from 4 threads, each request a new user
@@ -168,9 +163,9 @@ def test_a_canary_with_a_broken_candidate_rolls_back_on_its_own(registered):
         assert rollout(env, "status")["traffic"]["shares"] == {broken: 0.0}
         assert mlflow.MlflowClient(get_settings(env).tracking_uri).get_model_version_by_alias(
             get_settings(env).model_name, "champion").version == int(champion)  # fmt: skip
-        wait_for(lambda: httpx.get(f"{base}/model", headers=TOKEN).json()["rollout"] is None, "the router saw the end", 30)
+        wait_for_rollout(base, running=False)
     finally:
-        stop(server)
+        terminate(server)
 
 
 def test_users_keep_their_arm_across_a_restart_and_a_promotion_moves_the_champion(registered):
@@ -179,7 +174,7 @@ def test_users_keep_their_arm_across_a_restart_and_a_promotion_moves_the_champio
     server, base = serve(env)
     try:
         rollout(env, "start", "--candidate", good, "--steps", "50,100", "--interval", "1h")
-        wait_for(lambda: httpx.get(f"{base}/model", headers=TOKEN).json()["rollout"], "the router saw the roll-out", 30)
+        wait_for_rollout(base)
         users = [f"user-{i}" for i in range(40)]
 
         def arms(base):
@@ -190,9 +185,9 @@ def test_users_keep_their_arm_across_a_restart_and_a_promotion_moves_the_champio
 
         before = arms(base)
         assert 5 < before.count(good) < 35  # about half the users
-        stop(server)
+        terminate(server)
         server, base = serve(env)
-        wait_for(lambda: httpx.get(f"{base}/model", headers=TOKEN).json()["rollout"], "the restarted router saw the roll-out", 30)
+        wait_for_rollout(base)
         assert arms(base) == before
 
         r = run_mwml("rollout", "promote", env=env)  # through the registry's gate: the same model passes it
@@ -200,5 +195,5 @@ def test_users_keep_their_arm_across_a_restart_and_a_promotion_moves_the_champio
         wait_for(lambda: httpx.get(f"{base}/model", headers=TOKEN).json()["version"] == good, "the server serves the new champion", 60)
         assert httpx.get(f"{base}/model", headers=TOKEN).json()["rollout"] is None
     finally:
-        stop(server)
+        terminate(server)
         champion_back(env, champion)

@@ -4,7 +4,6 @@
 import json
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -18,7 +17,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
-from conftest import MWML, ROOT, free_port, hammer, run_mwml, running_mlflow_server, start_mwml, wait_until_ready
+from conftest import MWML, ROOT, free_port, hammer, run_mwml, running_mlflow_server, start_mwml, terminate, wait_until_ready
 from ray.serve.schema import ServeDeploySchema
 from ray_cluster import start_cluster
 
@@ -169,12 +168,7 @@ def test_serve_puts_a_replica_on_each_node_and_survives_losing_one(cluster, on_c
             t.join()
         assert after == [200] * 20, after
     finally:
-        server.send_signal(signal.SIGTERM)
-        try:
-            server.communicate(timeout=90)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.communicate()
+        terminate(server)
         cluster.restart_second_node()
 
 

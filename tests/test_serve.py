@@ -6,7 +6,6 @@ import logging
 import os
 import re
 import signal
-import subprocess
 import time
 
 import httpx
@@ -14,7 +13,7 @@ import mlflow
 import numpy as np
 import psutil
 import pytest
-from conftest import free_port, hammer, interrupt, run_mwml, start_mwml, wait_until_ready
+from conftest import free_port, hammer, interrupt, run_mwml, start_mwml, terminate, wait_until_ready
 from fastapi.testclient import TestClient
 
 from mwml.config import get_settings
@@ -343,12 +342,7 @@ def test_mwml_serve_on_ray_serve(served):
             time.sleep(1)
         assert all(f'mwml_request_latency_seconds_count{{endpoint="/predict",replica="{r}"}}' in text for r in live), text
     finally:
-        server.send_signal(signal.SIGTERM)
-        try:
-            _, stderr = server.communicate(timeout=60)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            _, stderr = server.communicate()
+        stderr = terminate(server, patience=60)
     assert server.returncode == 0, stderr
     assert os.path.exists(get_settings(env).home / "predictions.db")
     rows = PredictionLog(get_settings(env).home / "predictions.db").read()
