@@ -37,13 +37,13 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from .config import MwmlError, Settings, get_settings, init_ray, pick_device, set_seeds, use_mlflow
 from .data import VALIDATION_ARTIFACT, DataError, LabelIndex, class_weights, load, provenance_tags, sha256_bytes, split
-from .models import Tagger, TaggerConfig, calibrate, classification_scores, flat_metrics
+from .models import TAGGER_FILE, ModelFileError, Tagger, TaggerConfig, calibrate, classification_scores, flat_metrics
 
 # %% auto #0
-__all__ = ['logger', 'TrainingError', 'TrainConfig', 'training_data', 'ProjectTexts', 'make_dataloaders', 'encoder_head_splitter',
-           'StopOnNaN', 'KeepBest', 'ShuffleEachEpoch', 'make_learner', 'epoch_metrics', 'History', 'ReportEpochs',
-           'Checkpoint', 'metric_history', 'training_curves', 'fit_tagger', 'TrainResult', 'score_tagger', 'train',
-           'epoch_line', 'FollowEpochs', 'train_distributed']
+__all__ = ['logger', 'CHECKPOINT_SLOTS', 'TrainingError', 'TrainConfig', 'training_data', 'ProjectTexts', 'make_dataloaders',
+           'encoder_head_splitter', 'StopOnNaN', 'KeepBest', 'ShuffleEachEpoch', 'make_learner', 'epoch_metrics',
+           'History', 'ReportEpochs', 'Checkpoint', 'latest_checkpoint', 'metric_history', 'training_curves',
+           'fit_tagger', 'TrainResult', 'score_tagger', 'train', 'epoch_line', 'FollowEpochs', 'train_distributed']
 
 # %% ../nbs/04_train.ipynb #c68e555e
 logger = logging.getLogger(__name__)
@@ -236,8 +236,10 @@ class ReportEpochs(Callback):
         if self.report is not None: self.report(row)
 
 # %% ../nbs/04_train.ipynb #7c40b14a
+CHECKPOINT_SLOTS = ("slot-0", "slot-1")  # epochs alternate between them, so an interrupted copy spoils only the older one
+
 class Checkpoint(Callback):
-    "After each epoch, save the Tagger and the epochs done to `folder` and log them to MLflow as `checkpoint/`."
+    "After each epoch, save the Tagger and the epochs done to `folder` and log them to MLflow under `checkpoint/`."
     order = History.order + 2
     def __init__(self,
                  tagger: Tagger,  # the model being trained (its weights are saved)
@@ -246,9 +248,31 @@ class Checkpoint(Callback):
                  ):
         self.tagger, self.folder, self.history = tagger, Path(folder), history
     def after_epoch(self):
-        self.tagger.save(self.folder / "tagger")
-        (self.folder / "state.json").write_text(json.dumps({"epochs_done": self.history.last["epoch"] + 1}))
-        mlflow.log_artifacts(str(self.folder), "checkpoint")
+        epochs_done = self.history.last["epoch"] + 1
+        slot = CHECKPOINT_SLOTS[epochs_done % 2]
+        saved = self.tagger.save(self.folder / slot / "tagger")
+        mlflow.log_artifacts(str(saved), f"checkpoint/{slot}/tagger")
+        state = self.folder / slot / "state.json"  # last: it vouches for the files logged before it
+        state.write_text(json.dumps({"epochs_done": epochs_done, "tagger_sha256": sha256_bytes((saved / TAGGER_FILE).read_bytes())}))
+        mlflow.log_artifact(str(state), f"checkpoint/{slot}")
+
+# %% ../nbs/04_train.ipynb #be872284
+def latest_checkpoint(folder: Path,  # a run's downloaded `checkpoint/` artifact
+                      ) -> tuple[Tagger, int] | None:
+    "The Tagger and epochs done of the newest slot in `folder` whose files are whole; None when no slot is."
+    states = []
+    for slot in CHECKPOINT_SLOTS:
+        try: states.append((json.loads((folder / slot / "state.json").read_text()), folder / slot))
+        except (OSError, ValueError): continue
+    for state, slot in sorted(states, key=lambda s: -s[0]["epochs_done"]):
+        try:
+            if sha256_bytes((slot / "tagger" / TAGGER_FILE).read_bytes()) != state["tagger_sha256"]:
+                raise ModelFileError(f"{slot.name}/tagger/{TAGGER_FILE} is not the one its state.json records")
+            return Tagger.load(slot / "tagger"), state["epochs_done"]
+        except (OSError, ModelFileError) as e:
+            logger.warning("skipping checkpoint %s (epoch %d), it was interrupted while being written: %s", slot.name,
+                           state["epochs_done"], e)
+    return None
 
 # %% ../nbs/04_train.ipynb #c7b02584
 def metric_history(run_id: str,  # an MLflow run
@@ -364,13 +388,14 @@ def _resume_state(run_id: str, folder: Path) -> tuple[TrainConfig, Tagger, int]:
         raise TrainingError(f"there is no MLflow run {run_id!r} to resume in {mlflow.get_tracking_uri()}") from None
     try:
         config = TrainConfig.from_dict(json.loads(Path(client.download_artifacts(run_id, "config.json", str(folder))).read_text()))
-        checkpoint = Path(client.download_artifacts(run_id, "checkpoint", str(folder)))
-    except (OSError, mlflow.exceptions.MlflowException):
-        raise TrainingError(f"run {run_id} has no checkpoint to resume from (it ended before its first epoch)") from None
-    epochs_done = json.loads((checkpoint / "state.json").read_text())["epochs_done"]
+        checkpoint = latest_checkpoint(Path(client.download_artifacts(run_id, "checkpoint", str(folder))))
+    except (OSError, mlflow.exceptions.MlflowException): checkpoint = None
+    if checkpoint is None:
+        raise TrainingError(f"run {run_id} has no whole checkpoint to resume from (it ended before its first epoch was saved)")
+    tagger, epochs_done = checkpoint
     if epochs_done >= config.freeze_epochs + config.epochs:
         raise TrainingError(f"run {run_id} already finished all {config.freeze_epochs + config.epochs} epochs")
-    return config, Tagger.load(checkpoint / "tagger"), epochs_done
+    return config, tagger, epochs_done
 
 # %% ../nbs/04_train.ipynb #90bf2b08
 def train(config: TrainConfig | None = None,  # the run's config; default `TrainConfig()`
