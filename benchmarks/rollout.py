@@ -30,7 +30,18 @@ from serve import BIN, free_port, start, stop
 from mwml.baseline import BaselineConfig, BaselineModel
 from mwml.config import get_settings
 from mwml.data import load, split
-from mwml.rollout import CanaryPlan, Ledger, Stream, bandit_regret, ledger_target, peeking_false_positives, simulate_canary, srm_p
+from mwml.rollout import (
+    CanaryPlan,
+    Ledger,
+    Stream,
+    bandit_regret,
+    ledger_target,
+    peeking_false_positives,
+    rollout_rows,
+    simulate_canary,
+    srm_p,
+)
+from mwml.serve import PredictionLog
 
 RPS, STEPS, INTERVAL_S, CHECK_S = 20.0, (0.05, 0.25, 0.5, 1.0), 60.0, 5.0
 LABEL_SHARE, LABEL_DELAY_S = 0.5, 30.0
@@ -134,7 +145,8 @@ def live(items: list[dict], repeats: int, work: Path) -> dict:
     ledger = Ledger(ledger_target(get_settings(env)))
     port = free_port()
     proc, _ = start([str(BIN / "mwml"), "serve", "--port", str(port)], port, env, Path.cwd(), work / "serve.log")
-    base, result = f"http://127.0.0.1:{port}", {"rollbacks": [], "p99_ms": {"no roll-out": [], "shadow 100%": []}}
+    base, result = f"http://127.0.0.1:{port}", {"rollbacks": [], "p99_ms": {"no roll-out": [], "shadow 100%": []}, "shadow_copies": []}
+    log = PredictionLog(get_settings(env).home / "predictions.db")
     try:
         paced(base, items, RPS, 10)  # warm-up
         for _ in range(repeats):
@@ -149,11 +161,17 @@ def live(items: list[dict], repeats: int, work: Path) -> dict:
             print(f"canary of a broken candidate: {row['state']} after {result['rollbacks'][-1]['seconds']:.1f} s", flush=True)
         for _ in range(repeats):
             result["p99_ms"]["no roll-out"].append(float(np.percentile([ms for ms, _ in paced(base, items, RPS, 30)], 99)))
-            mwml("rollout", "start", "--candidate", good, "--policy", "shadow", env=env)
+            shadowed = json.loads(mwml("rollout", "start", "--candidate", good, "--policy", "shadow", "--json", env=env))["id"]
             time.sleep(1.5)
             result["p99_ms"]["shadow 100%"].append(float(np.percentile([ms for ms, _ in paced(base, items, RPS, 30)], 99)))
+            time.sleep(5)  # the last copies are answered after their requests
             mwml("rollout", "abort", env=env)
             time.sleep(1.5)
+            rows = rollout_rows(log, shadowed)
+            copies = rows[rows.shadow_of.notna()]
+            result["shadow_copies"].append({"served": int(rows.shadow_of.isna().sum()), "copies": len(copies),
+                                            "failed": int(copies.error.notna().sum())})  # fmt: skip
+            print(f"shadow copies: {result['shadow_copies'][-1]}", flush=True)
             print(f"p99 at {RPS:.0f} requests/s: {result['p99_ms']}", flush=True)
     finally:
         stop(proc)

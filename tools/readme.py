@@ -438,12 +438,20 @@ def rollout(r: Results) -> str:
             f"{s['label_delay_s']:.0f} s; checks every {s['check_every_s']:.0f} s; steps {', '.join(f'{x:.0%}' for x in s['steps'])} "
             f"of {s['interval_s']:.0f} s. In the real server the broken candidate is a random tiny tagger from the registry, "
             f"checked every second.")  # fmt: skip
+    copies = {k: sum(x[k] for x in live["shadow_copies"]) for k in ("served", "copies", "failed")}
+    note += (
+        f" While shadowing, a helper process at the lowest CPU priority answered {copies['copies']} copies of "
+        f"{copies['served']} requests served ({copies['failed']} failed)."
+    )
+    without, shadowed = live["p99_ms"]["no roll-out"], live["p99_ms"]["shadow 100%"]
     goals = (f"Goals: a bad candidate rolled back within 30 s at 20 requests/s in a real `mwml serve`: {max(secs):.1f} s at worst "
              f"({'met' if max(secs) <= 30 else '**not met**'}); A/A false positives ≤ 0.05 under continuous peeking: "
              f"{peek['msprt']:.3f} against {peek['z_test']:.3f} for the naive test ({'met' if peek['msprt'] <= 0.05 else '**not met**'}); "
              f"Thompson sampling's regret ≤ 25% of the even split's: {bandit['ratio']:.0%} "
              f"({'met' if bandit['ratio'] <= 0.25 else '**not met**'}); shadowing adds ≤ 5% to the primary's p99: "
-             f"{live['shadow_p99_ratio'] - 1:+.0%} ({'met' if live['shadow_p99_ratio'] <= 1.05 else '**not met**'}).")  # fmt: skip
+             f"{live['shadow_p99_ratio']:.2f}× the p99 without (runs without ranged {min(without):.0f}–{max(without):.0f} ms, "
+             f"with {min(shadowed):.0f}–{max(shadowed):.0f} ms) "
+             f"({'met' if live['shadow_p99_ratio'] <= 1.05 else '**not met**'}).")  # fmt: skip
     return "\n".join([table(("policy run", "outcome", "time to decision", "candidate requests"), rows), "",
                       table(("statistics", "measured", "against"), stats), "", note, "", goals, "", provenance(d)])  # fmt: skip
 
