@@ -261,12 +261,12 @@ def _exit_with(parent: int):
     while os.getppid() == parent: time.sleep(1)
     os._exit(0)
 
-def _start_shadow_process(threads: int):
-    "In the helper process: the lowest CPU priority, `threads` torch threads, Ctrl-C left to the server, gone with the server."
+def _start_shadow_process(threads: int, server: int):
+    "In the helper process: the lowest CPU priority, `threads` torch threads, Ctrl-C left to the server, gone with the `server` pid."
     os.nice(19)
     torch.set_num_threads(threads)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the server's process group gets Ctrl-C; the server shuts this one down
-    threading.Thread(target=_exit_with, args=(os.getppid(),), daemon=True).start()
+    threading.Thread(target=_exit_with, args=(server,), daemon=True).start()  # the pid from the server: it may die while we import
 
 def _answer_in_shadow_process(ref: str, items: list[dict], keep: int) -> list[dict]:
     "In the helper process: `ref`'s answers to `items`, its model loaded once (the `keep` latest models stay loaded)."
@@ -290,7 +290,8 @@ class ShadowPool:
         if ref is None: return predictor.predict(items)
         with self._lock:
             if self._pool is None:
-                self._pool = ProcessPoolExecutor(1, multiprocessing.get_context("spawn"), _start_shadow_process, (self.threads,))
+                self._pool = ProcessPoolExecutor(1, multiprocessing.get_context("spawn"), _start_shadow_process,
+                                                 (self.threads, os.getpid()))
             pool = self._pool
         try: return pool.submit(_answer_in_shadow_process, ref, items, self.keep).result()
         except BrokenProcessPool:  # the helper died (killed, out of memory): the next copy starts a new one

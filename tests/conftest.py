@@ -102,7 +102,10 @@ def terminate(proc: subprocess.Popen, patience: float = 90) -> str:
         return proc.communicate(timeout=patience)[1]
     except subprocess.TimeoutExpired:
         proc.kill()
-        return proc.communicate()[1]
+    try:
+        return proc.communicate(timeout=30)[1]
+    except subprocess.TimeoutExpired:  # killed, yet its output pipes stay open: a process it started outlived it
+        raise AssertionError(f"pid {proc.pid} was killed but a child of it still holds its output open") from None
 
 
 def wait_until_ready(server: subprocess.Popen, base: str, patience: float = 180):

@@ -3,6 +3,7 @@ are logged and never returned (uvicorn and Ray Serve), a canary with a broken ca
 20 requests/s, users keep their arm across a server restart, the ledger replays to the same decisions, and a roll-out
 promoted through the registry's gate makes the server serve the new champion."""
 
+import contextlib
 import json
 import os
 import threading
@@ -11,6 +12,7 @@ import time
 import httpx
 import mlflow
 import pandas as pd
+import psutil
 import pytest
 import sqlalchemy as sa
 from conftest import free_port, run_mwml, start_mwml, terminate, wait_until_ready
@@ -91,6 +93,17 @@ def shadow_rows(log, rollout_id: str) -> pd.DataFrame:
         return pd.read_sql(sa.text(query), conn, params={"r": rollout_id})
 
 
+def shadow_helpers(server) -> list[psutil.Process]:
+    "The processes that answer shadow copies (`mwml.serve.ShadowPool`) under `server`, its Ray replicas included."
+
+    def command(p):
+        with contextlib.suppress(psutil.Error):
+            return " ".join(p.cmdline())
+        return ""
+
+    return [p for p in psutil.Process(server.pid).children(recursive=True) if "multiprocessing.spawn" in command(p)]
+
+
 def items(n: int) -> list[dict]:
     holdout = load("holdout").head(n)
     return [{"title": t, "description": d} for t, d in zip(holdout.title, holdout.description)]
@@ -122,8 +135,12 @@ def test_a_shadow_candidate_is_logged_never_returned(registered, replicas):
         r = run_mwml("rollout", "abort", env=env)
         assert r.returncode == 0, r.stderr
         wait_for_rollout(base, running=False)
+        helpers = shadow_helpers(server)
+        assert 1 <= len(helpers) <= max(1, replicas), helpers  # a helper in each copy of the API that answered copies
     finally:
         terminate(server)
+    _, alive = psutil.wait_procs(helpers, timeout=15)
+    assert not alive, f"shadow helpers outlived their server: {alive}"
 
 
 def test_a_canary_with_a_broken_candidate_rolls_back_on_its_own(registered):
