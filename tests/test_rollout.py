@@ -1,7 +1,8 @@
 """Roll-outs through a real `mwml serve` on 127.0.0.1 with models from a real MLflow registry: a shadow candidate's answers
 are logged and never returned (uvicorn and Ray Serve), a canary with a broken candidate rolls back on its own under
-20 requests/s, users keep their arm across a server restart, the ledger replays to the same decisions, and a roll-out
-promoted through the registry's gate makes the server serve the new champion."""
+20 requests/s, users keep their arm across a server restart, the ledger replays to the same decisions, a roll-out
+promoted through the registry's gate makes the server serve the new champion, and on labelled feedback an A/B test rolls
+a worse candidate back while a bandit moves the traffic to the better arm. Shadow helpers die with their server."""
 
 import contextlib
 import json
@@ -20,7 +21,7 @@ from conftest import free_port, run_mwml, start_mwml, terminate, wait_until_read
 from mwml.config import get_settings
 from mwml.data import load
 from mwml.predict import Predictor
-from mwml.rollout import Ledger, ledger_target, replay_canary
+from mwml.rollout import Ledger, current_traffic, ledger_target, replay, replay_canary
 from mwml.serve import read_predictions
 
 TOKEN = {"Authorization": "Bearer s3cret"}
@@ -214,3 +215,54 @@ def test_users_keep_their_arm_across_a_restart_and_a_promotion_moves_the_champio
     finally:
         terminate(server)
         champion_back(env, champion)
+
+
+def labelled_traffic(base: str, until, patience: float = 120) -> int:
+    "Send holdout projects, each from a new user, and post each answer's true tag, until `until()`: the requests sent."
+    holdout = load("holdout")
+    deadline, sent = time.monotonic() + patience, 0
+    with httpx.Client(timeout=30, headers=TOKEN) as http:
+        while not until():
+            assert time.monotonic() < deadline, f"no decision after {sent} labelled requests in {patience} s"
+            row = holdout.iloc[sent % len(holdout)]
+            item = {"title": row.title, "description": row.description}
+            r = http.post(f"{base}/predict", json={"items": [item]}, headers={"X-Mwml-User": f"user-{sent}"})
+            assert r.status_code == 200, r.text
+            assert http.post(f"{base}/feedback", json={"id": r.json()["predictions"][0]["id"], "tag": row.tag}).status_code == 200
+            sent += 1
+    return sent
+
+
+def test_ab_and_bandit_decide_on_feedback_through_the_server(registered):
+    env, champion, _, broken = registered
+    champion_back(env, champion)
+    server, base = serve(env)
+    ledger = Ledger(ledger_target(get_settings(env)))
+    try:
+        # A/B: half the users on a random tagger; the always-valid test finds it worse on the labels and rolls it back
+        ab = rollout(env, "start", "--candidate", broken, "--policy", "ab", "--share", "50")
+        wait_for_rollout(base)
+        sent = labelled_traffic(base, lambda: ledger.get(ab["id"])["state"] != "running")
+        ended = ledger.get(ab["id"])
+        print(f"A/B ended after {sent} labelled requests: {ended['state']}, {ended['reason']}")
+        assert ended["state"] == "rolled back" and "the candidate is worse" in ended["reason"], ended
+        assert replay(ledger, ab["id"]) >= 1  # every recorded check replays to the same decision
+        wait_for_rollout(base, running=False)
+
+        # bandit: after the burn-in, Thompson sampling moves the traffic to the champion, keeping the floor on the candidate
+        bandit = rollout(env, "start", "--candidate", broken, "--policy", "bandit", "--reweight", "2s")
+        wait_for_rollout(base)
+
+        def weights() -> dict:
+            return current_traffic(ledger, bandit["id"]).get("weights") or {}
+
+        sent = labelled_traffic(base, lambda: weights().get("champion", 0) > 0.9)
+        print(f"bandit weights after {sent} labelled requests: {weights()}")
+        assert weights()[broken] >= 0.01  # the floor
+        assert replay(ledger, bandit["id"]) >= 1
+        r = run_mwml("rollout", "abort", env=env)
+        assert r.returncode == 0, r.stderr
+        assert mlflow.MlflowClient(get_settings(env).tracking_uri).get_model_version_by_alias(
+            get_settings(env).model_name, "champion").version == int(champion)  # fmt: skip
+    finally:
+        terminate(server)
