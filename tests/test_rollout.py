@@ -144,10 +144,11 @@ def test_a_shadow_candidate_is_logged_never_returned(registered, replicas):
     assert not alive, f"shadow helpers outlived their server: {alive}"
 
 
-def test_a_canary_with_a_broken_candidate_rolls_back_on_its_own(registered):
+@pytest.mark.parametrize("replicas", [0, 2], ids=["uvicorn", "ray-serve"])
+def test_a_canary_with_a_broken_candidate_rolls_back_on_its_own(registered, replicas):
     env, champion, _, broken = registered
     champion_back(env, champion)
-    server, base = serve(env)
+    server, base = serve(env, replicas)
     try:
         started = rollout(env, "start", "--candidate", broken, "--steps", "5,25,50,100", "--interval", "60s")
         wait_for_rollout(base)
