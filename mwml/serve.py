@@ -29,7 +29,7 @@ import uuid
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
-from contextlib import contextmanager, nullcontext, suppress
+from contextlib import closing, contextmanager, nullcontext, suppress
 from dataclasses import asdict, dataclass, field
 from functools import lru_cache
 from itertools import count
@@ -361,7 +361,7 @@ class Engine:
     def _run_batch(self, jobs: list[tuple[dict, Predictor | None]]) -> list[dict]:
         "Answer a batch of requests' items here, in the server's process."
         self.batch_sizes.observe(len(jobs))
-        return self._answer(jobs, lambda predictor, items: predictor.predict(items))
+        return self._answer(jobs, lambda predictor, items: predictor.predict(items))  # the model's own `predict`, subclasses too
 
     def _run_shadow_batch(self, jobs: list[tuple[dict, Predictor | None]]) -> list[dict]:
         "Answer a batch of shadow copies in the low-priority helper process."
@@ -743,7 +743,7 @@ def serve_uvicorn(config: ServeConfig,  # how to serve
     if setup: setup(engine)
     logger.info("serving on http://%s:%d with uvicorn alone (replica %s); SIGHUP reloads the model", host, port, engine.replica)
     # uvicorn shuts down gracefully on Ctrl+C, then re-raises it for us: we are done
-    with reload_on_sighup(engine.load), supervised(supervise, engine.load), suppress(KeyboardInterrupt):
+    with reload_on_sighup(engine.load), supervised(supervise, engine.load), closing(engine.shadows), suppress(KeyboardInterrupt):
         uvicorn.run(build_app(engine), host=host, port=port, log_level="warning")
 
 # %% ../nbs/11_serve.ipynb #511711ea

@@ -95,15 +95,15 @@ def interrupt(proc: subprocess.Popen, every: float = 5, patience: float = 180) -
         proc.communicate()
 
 
-def terminate(proc: subprocess.Popen, patience: float = 90) -> str:
-    "SIGTERM `proc` (a server stops cleanly on it), kill it if it lingers past `patience` seconds; return its stderr."
-    proc.send_signal(signal.SIGTERM)
+def terminate(proc: subprocess.Popen, patience: float = 90, sig: signal.Signals = signal.SIGTERM) -> str:
+    "Send `sig` to `proc` (a server stops cleanly on SIGTERM or Ctrl+C), kill it if it lingers past `patience` seconds; its stderr."
+    proc.send_signal(sig)
     try:
         return proc.communicate(timeout=patience)[1]
     except subprocess.TimeoutExpired:
         proc.kill()
     try:
-        return proc.communicate(timeout=30)[1]
+        return f"did not stop within {patience} s of {sig.name}\n" + proc.communicate(timeout=30)[1]
     except subprocess.TimeoutExpired:  # killed, yet its output pipes stay open: a process it started outlived it
         raise AssertionError(f"pid {proc.pid} was killed but a child of it still holds its output open") from None
 

@@ -5,14 +5,13 @@ Ray Data) and `mwml serve` on 127.0.0.1, and what cannot be optimised or loaded 
 import json
 import os
 import signal
-import subprocess
 
 import httpx
 import mlflow
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import free_port, run_mwml, start_mwml, wait_until_ready
+from conftest import free_port, run_mwml, start_mwml, terminate, wait_until_ready
 
 from mwml.config import get_settings
 from mwml.data import load
@@ -137,16 +136,6 @@ def test_predict_file_with_the_onnx_version_in_process_and_on_ray_data(optimised
     assert parent_predictions.predicted_tag.nunique() > 1, parent_predictions.predicted_tag.value_counts()  # not a constant model
 
 
-def stop(server, patience: float = 120) -> str:
-    "Press Ctrl+C once and wait for `server` to exit (killed after `patience` seconds); return its stderr."
-    server.send_signal(signal.SIGINT)
-    try:
-        return server.communicate(timeout=patience)[1]
-    except subprocess.TimeoutExpired:
-        server.kill()
-        return f"did not stop within {patience} s of Ctrl+C\n" + server.communicate()[1]
-
-
 def test_serve_the_int8_version(optimised, env_module, holdout_csv, tmp_path):
     # int8 quantises activations per batch (one scale per tensor), so an answer depends a little on the batch it was in
     # (up to ~3e-3 in probability here, enough to flip a tag near the threshold): compare the same batches of 16 rows.
@@ -166,7 +155,7 @@ def test_serve_the_int8_version(optimised, env_module, holdout_csv, tmp_path):
             assert r.status_code == 200, r.text
             served += r.json()["predictions"]
     finally:
-        stderr = stop(server)
+        stderr = terminate(server, 120, signal.SIGINT)  # Ctrl+C
     assert server.returncode == 0 and "Traceback" not in stderr, stderr
     assert [a["tag"] for a in served] == expected.predicted_tag.tolist()
     np.testing.assert_allclose([list(a["probabilities"].values()) for a in served], expected.filter(like="p_").to_numpy(), atol=1e-6)
