@@ -611,9 +611,9 @@ def parse_seconds(text: str,  # `90`, `90s`, `2m` or `1h`
 
 def parse_steps(text: str,  # percentages, e.g. `5,25,50,100`
                 ) -> tuple[float, ...]:
-    "Canary steps as shares of traffic."
+    "Steps (a canary's shares of traffic, an A/B test's exposure) as shares."
     try: return tuple(float(p) / 100 for p in text.split(","))
-    except ValueError: raise MwmlError(f"--steps takes comma-separated percentages such as 5,25,50,100, got {text!r}") from None
+    except ValueError: raise MwmlError(f"steps are comma-separated percentages such as 5,25,50,100, not {text!r}") from None
 
 def _ledger():
     from mwml.rollout import Ledger, ledger_target
@@ -625,9 +625,11 @@ def rollout_start(candidate: Annotated[list[str], typer.Option(help="a candidate
                                                              "returned), ab (sticky split, always-valid test) or bandit "
                                                              "(Thompson sampling)")] = "canary",
                   steps: Annotated[str, typer.Option(help="canary: percentages of traffic, step by step")] = "5,25,50,100",
-                  interval: Annotated[str, typer.Option(help="canary: how long each step lasts (60s, 2m, ...)")] = "60s",
+                  interval: Annotated[str, typer.Option(help="canary, ab: how long each step lasts (60s, 2m, ...)")] = "60s",
                   share: Annotated[float, typer.Option(help="shadow: percentage of requests copied to each candidate; ab: "
-                                                            "percentage of users on the candidate")] = 100,
+                                                            "percentage of the test's users on the candidate")] = 100,
+                  exposure: Annotated[str, typer.Option(help="ab: percentages of users in the test, step by step "
+                                                             "(each --interval long)")] = "100",
                   reweight: Annotated[str, typer.Option(help="bandit: time between reweightings (60s, 5m, ...)")] = "60s",
                   as_json: Annotated[bool, typer.Option("--json", help="print the roll-out as JSON")] = False):
     "Start a roll-out: the candidates must load and predict the champion's tags; one roll-out at a time."
@@ -636,7 +638,7 @@ def rollout_start(candidate: Annotated[list[str], typer.Option(help="a candidate
         ledger = _ledger()
         if policy == "ab" and share == 100: share = 50  # an A/B test's default split
         rid = start_rollout(ledger, candidate, policy, parse_steps(steps), parse_seconds(interval), share / 100,
-                            reweight_s=parse_seconds(reweight))  # fmt: skip
+                            parse_steps(exposure), parse_seconds(reweight))  # fmt: skip
         status = rollout_status(ledger)
     if as_json: return echo_json(status)
     typer.echo(f"roll-out {rid} started: {policy} of {', '.join(candidate)}; traffic {status['traffic']}")

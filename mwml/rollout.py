@@ -10,6 +10,8 @@ import json
 import logging
 import math
 import os
+import socket
+import sys
 import threading
 import time
 import uuid
@@ -24,18 +26,18 @@ from scipy import stats
 from .config import MwmlError, connected, database_url, get_settings, open_database
 from .predict import Predictor
 from .registry import promote
-from .serve import FEEDBACK, PREDICTIONS, PredictionLog, Route, ServeConfig
+from .serve import FEEDBACK, PREDICTIONS, DeployedModel, ModelNotDeployed, PredictionLog, Route, ServeConfig, model_deployment
 
 # %% auto #0
-__all__ = ['logger', 'BUCKETS', 'SRM_P', 'REQUIRED_GATES', 'LEDGER_TABLES', 'ROLLOUTS', 'EVENTS', 'ACTIVE', 'FINISHED',
-           'POLICIES', 'RolloutError', 'bucket', 'check_shares', 'sticky_arm', 'weighted_arm', 'Moments', 'Comparison',
-           'msprt', 'z_test', 'peeking_false_positives', 'cuped', 'srm_p', 'thompson_weights', 'bandit_regret', 'Gates',
-           'Evidence', 'check_gates', 'Decision', 'CanaryPlan', 'Canary', 'ABPlan', 'decide_ab', 'BanditPlan',
-           'reweigh', 'Ledger', 'run_check', 'replay_canary', 'Stream', 'simulate_canary', 'plot_rollout',
-           'ledger_target', 'current_traffic', 'Router', 'rollout_rows', 'served_counts', 'log_evidence',
-           'labelled_outcomes', 'ab_evidence', 'Controller', 'gate_and_promote', 'class_difference', 'start_rollout',
-           'abort_rollout', 'promote_rollout', 'replay', 'rollout_status', 'every', 'attach_router',
-           'supervise_rollouts']
+__all__ = ['logger', 'BUCKETS', 'SRM_P', 'REQUIRED_GATES', 'LEDGER_TABLES', 'ROLLOUTS', 'EVENTS', 'ACTIVE', 'LEASE', 'FINISHED',
+           'POLICIES', 'CANDIDATE_APP_PREFIX', 'RolloutError', 'bucket', 'check_shares', 'sticky_arm', 'weighted_arm',
+           'Moments', 'Comparison', 'msprt', 'z_test', 'peeking_false_positives', 'cuped', 'srm_p', 'thompson_weights',
+           'bandit_regret', 'Gates', 'Evidence', 'check_gates', 'Decision', 'CanaryPlan', 'Canary', 'ABPlan', 'in_test',
+           'decide_ab', 'BanditPlan', 'reweigh', 'Ledger', 'run_check', 'replay_canary', 'Stream', 'simulate_canary',
+           'plot_rollout', 'ledger_target', 'current_traffic', 'Router', 'rollout_rows', 'served_counts',
+           'log_evidence', 'labelled_outcomes', 'ab_evidence', 'Controller', 'gate_and_promote', 'class_difference',
+           'start_rollout', 'abort_rollout', 'promote_rollout', 'replay', 'rollout_status', 'every', 'candidate_app',
+           'on_ray_serve', 'CandidateApps', 'attach_router', 'supervise_rollouts']
 
 # %% ../nbs/12_rollout.ipynb #1eb16b91
 logger = logging.getLogger(__name__)
@@ -274,6 +276,7 @@ class Decision:
     reasons: list[str]  # why, in words
     gates: list[dict] = field(default_factory=list)  # every gate's value, limit and verdict
     weights: dict[str, float] | None = None  # bandit: every arm's share of traffic after the decision
+    exposure: float | None = None  # A/B: the share of users in the test after the decision
 
 @dataclass
 class CanaryPlan:
@@ -332,22 +335,41 @@ class ABPlan:
     alpha: float = 0.05  # level of the confidence sequence
     tau: float = 0.05  # scale of the differences the test looks for
     min_labels: int = 50  # labelled requests per arm before any decision
+    exposure: tuple[float, ...] = (1.0,)  # the share of users in the test, step by step
+    exposure_s: float = 60.0  # how long each exposure step lasts at least
+
+    def __post_init__(self):
+        self.exposure = tuple(self.exposure)
+        if not self.exposure or not all(a < b <= 1 for a, b in zip((0, *self.exposure), self.exposure)):
+            raise RolloutError(f"exposure {self.exposure} must be increasing shares in (0, 1]")
+
+def in_test(key: str,  # the user's key
+            rollout_id: str,  # the roll-out (the salt)
+            exposure: float,  # the share of users in the test
+            ) -> bool:
+    "Whether the key's user is in an A/B test exposed to `exposure` of the users (a hash apart from the arm's)."
+    return bucket(key, f"{rollout_id}/exposure") < round(exposure * BUCKETS)
 
 def decide_ab(plan: ABPlan,
               champion: Moments,  # the champion's metric per labelled request (CUPED-adjusted)
               candidate: Moments,  # the candidate's
-              srm: float = 1.0,  # sample-ratio-mismatch p-value
+              srm: float = 1.0,  # sample-ratio-mismatch p-value of the current exposure step
+              step: int = 0,  # the current exposure step (an index into `plan.exposure`)
+              waited_s: float = 0.0,  # seconds since this step began
               ) -> Decision:
-    "Promote when the candidate is surely better, roll back when surely worse, hold otherwise (and always under an SRM)."
+    "Promote when surely better, roll back when surely worse, widen the exposure when its step is over; hold under an SRM."
     c = msprt(champion, candidate, plan.alpha, plan.tau)
     gates = [{"gate": "accuracy", "value": c.diff, "interval": [c.low, c.high], "p": c.p, "n": list(c.n),
               "passed": None if c.low <= 0 <= c.high else bool(c.low > 0)}]
-    hold = lambda why: Decision("hold", plan.share, [why], gates)
-    if min(c.n) < plan.min_labels: return hold(f"too few labels ({min(c.n)} < {plan.min_labels} in an arm)")
-    if srm < SRM_P: return hold(f"sample-ratio mismatch (p = {srm:.2g} < {SRM_P}): decisions blocked")
+    hold = lambda why: Decision("hold", plan.share, [why], gates, exposure=plan.exposure[step])
+    if srm < SRM_P: return hold(f"sample-ratio mismatch (p = {srm:.2g} < {SRM_P}): decisions and exposure blocked")
     interval = f"{c.diff:+.3f} ({c.low:+.3f} to {c.high:+.3f}, always-valid {1 - plan.alpha:.0%})"
-    if c.low > 0: return Decision("promote", 1.0, [f"the candidate is better: {interval}"], gates)
-    if c.high < 0: return Decision("rollback", 0.0, [f"the candidate is worse: {interval}"], gates)
+    if min(c.n) >= plan.min_labels and c.low > 0: return Decision("promote", 1.0, [f"the candidate is better: {interval}"], gates)
+    if min(c.n) >= plan.min_labels and c.high < 0: return Decision("rollback", 0.0, [f"the candidate is worse: {interval}"], gates)
+    if step + 1 < len(plan.exposure) and waited_s >= plan.exposure_s:
+        return Decision("expose", plan.share, [f"exposure step {step} passed its SRM check: {plan.exposure[step + 1]:.0%} of "
+                                               f"users in the test now"], gates, exposure=plan.exposure[step + 1])
+    if min(c.n) < plan.min_labels: return hold(f"too few labels ({min(c.n)} < {plan.min_labels} in an arm)")
     return hold(f"no difference yet: {interval}")
 
 # %% ../nbs/12_rollout.ipynb #8510724d
@@ -383,6 +405,8 @@ EVENTS = sa.Table("rollout_events", LEDGER_TABLES,
                   sa.Column("time", sa.Double), sa.Column("kind", sa.Text), sa.Column("data", sa.Text))
 ACTIVE = sa.Table("active_rollout", LEDGER_TABLES,
                   sa.Column("slot", sa.Integer, primary_key=True), sa.Column("rollout_id", sa.Text))
+LEASE = sa.Table("controller_lease", LEDGER_TABLES,
+                 sa.Column("slot", sa.Integer, primary_key=True), sa.Column("holder", sa.Text), sa.Column("expires", sa.Double))
 
 class Ledger:
     "Roll-outs and every event of each, in a SQLite file or any SQLAlchemy URL."
@@ -448,6 +472,23 @@ class Ledger:
         with connected(self.engine, begin=False) as conn:
             rows = conn.execute(sa.select(EVENTS).where(EVENTS.c.rollout_id == rollout_id).order_by(EVENTS.c.seq)).mappings().all()
         return [{**row, "data": json.loads(row["data"])} for row in rows]
+
+    def hold_lease(self, holder: str,  # who asks: one controller
+                   now: float,
+                   lease_s: float,  # how long the lease lasts unless renewed
+                   ) -> bool:
+        "Take or renew the one controller lease: True for `holder` while it renews in time, False while another holds it."
+        with connected(self.engine) as conn:  # renew ours, or take one that expired: one atomic update
+            if conn.execute(LEASE.update().where(LEASE.c.slot == 1, sa.or_(LEASE.c.holder == holder, LEASE.c.expires < now))
+                            .values(holder=holder, expires=now + lease_s)).rowcount: return True  # fmt: skip
+        try:
+            with connected(self.engine) as conn: conn.execute(LEASE.insert().values(slot=1, holder=holder, expires=now + lease_s))
+            return True  # the first lease of this ledger
+        except sa.exc.IntegrityError: return False  # another controller took it first
+
+    def release_lease(self, holder: str):
+        "Give the lease up (a server that stops), so that another controller need not wait for it to expire."
+        with connected(self.engine) as conn: conn.execute(LEASE.delete().where(LEASE.c.holder == holder))
 
 # %% ../nbs/12_rollout.ipynb #9f29ab46
 def run_check(ledger: Ledger, rollout_id: str,
@@ -573,9 +614,9 @@ def current_traffic(ledger: Ledger, rollout_id: str) -> dict:
 class Router:
     "Each copy of the API's view of the running roll-out: which arm answers a key, refreshed from the ledger."
     def __init__(self, ledger: Ledger,  # where the roll-out is recorded
-                 load=None,  # `ref -> Predictor` (default `Predictor.load`)
+                 load=None,  # `(version, rollout_id) -> Predictor` (default: `Predictor.load` here, in this process)
                  ):
-        self.ledger, self.load = ledger, load or (lambda ref: Predictor.load(ref, device=None))
+        self.ledger, self.load = ledger, load or (lambda version, rollout_id: Predictor.load(version, device=None))
         self.rollout, self.traffic, self.predictors = None, {"shares": {}, "shadow": {}}, {}
 
     def refresh(self):
@@ -587,7 +628,10 @@ class Router:
         traffic = current_traffic(self.ledger, rollout["id"])
         if self.rollout is None or rollout["id"] != self.rollout["id"]:
             plan = json.loads(rollout["plan"])
-            self.predictors = {name: self.load(ref) for name, ref in plan["versions"].items()}
+            try: self.predictors = {name: self.load(version, rollout["id"]) for name, version in plan["versions"].items()}
+            except ModelNotDeployed as e:  # on Ray Serve: the supervisor is still deploying the candidates
+                logger.info("roll-out %s waits for its candidates: %s", rollout["id"], e)
+                return  # the champion answers everything meanwhile, outside the roll-out
         self.rollout, self.traffic = rollout, traffic
 
     def route(self, key: str) -> Route:
@@ -598,6 +642,8 @@ class Router:
         if traffic.get("weights"):  # a bandit: every arm by weight, the champion among them
             arm = weighted_arm(b, traffic["weights"])
             return Route(arm, predictors.get(arm), rollout["id"])
+        if "exposure" in traffic and not in_test(key, rollout["id"], traffic["exposure"]):
+            return Route("champion")  # an A/B test that ramps: this user is not in it (yet)
         arm = sticky_arm(b, traffic["shares"])
         if arm is not None:  # the champion answers a copy: the reference for disagreement, and CUPED's covariate
             return Route(arm, predictors[arm], rollout["id"], (("champion", None),))
@@ -608,8 +654,9 @@ class Router:
         "The running roll-out as `/model` shows it."
         if self.rollout is None: return None
         plan = json.loads(self.rollout["plan"])
+        deployed = {name: p.app for name, p in self.predictors.items() if isinstance(p, DeployedModel)}
         return {"id": self.rollout["id"], "policy": self.rollout["policy"], "candidates": plan["versions"],
-                "started": self.rollout["started"], **self.traffic}
+                "started": self.rollout["started"], **self.traffic, **({"deployments": deployed} if deployed else {})}
 
 # %% ../nbs/12_rollout.ipynb #c6c814da
 def rollout_rows(log: PredictionLog,  # the server's prediction log
@@ -619,7 +666,7 @@ def rollout_rows(log: PredictionLog,  # the server's prediction log
     "A roll-out's rows of the log (served answers, failures and shadow copies) with their feedback tag as `true_tag`."
     p, f = PREDICTIONS, FEEDBACK
     with connected(log.engine, begin=False) as conn:
-        return pd.read_sql(sa.select(p.c.id, p.c.arm, p.c.tag, p.c.probabilities, p.c.error, p.c.latency_ms, p.c.shadow_of,
+        return pd.read_sql(sa.select(p.c.id, p.c.time, p.c.arm, p.c.tag, p.c.probabilities, p.c.error, p.c.latency_ms, p.c.shadow_of,
                                      f.c.tag.label("true_tag"))
                            .select_from(p.outerjoin(f, f.c.prediction_id == p.c.id))
                            .where(p.c.rollout_id == rollout_id, p.c.time >= since), conn)  # fmt: skip
@@ -667,14 +714,19 @@ class Controller:
     def __init__(self, ledger: Ledger, log: PredictionLog,
                  reload,  # the server's reload function (a promoted champion is served at once)
                  promote=None,  # `version -> (promoted, reasons)`; default: the registry's gate (`mwml.registry.promote`)
+                 lease_s: float = 30.0,  # how long another controller on the same ledger waits after this one stops checking
                  ):
         self.ledger, self.log, self.reload, self.promote = ledger, log, reload, promote or gate_and_promote
         self.canary: Canary | None = None
         self.rollout_id: str | None = None
+        self.holder, self.lease_s = f"{socket.gethostname()}/{os.getpid()}/{uuid.uuid4().hex[:6]}", lease_s
 
     def step(self, now: float | None = None) -> Decision | None:
-        "One check of the running roll-out (None when there is none, or the policy checks nothing)."
+        "One check of the running roll-out (None when there is none, the policy checks nothing, or another controller leads)."
         now = time.time() if now is None else now
+        if not self.ledger.hold_lease(self.holder, now, self.lease_s):
+            self.rollout_id = None  # when this one takes over, it replays what the other one recorded
+            return None
         rollout = self.ledger.running()
         if rollout is None:
             if self.rollout_id and self.ledger.get(self.rollout_id)["state"] == "promoted": self.reload()  # promoted by hand
@@ -700,16 +752,21 @@ class Controller:
         return decision
 
     def step_ab(self, rollout: dict, now: float) -> Decision:
-        "One look of the A/B test at everything labelled since it started."
+        "One look of the A/B test at everything labelled since it started; the SRM check on its current exposure step."
         plan = ABPlan(**json.loads(rollout["plan"])["ab"])
+        traffic = [e for e in self.ledger.events(rollout["id"]) if e["kind"] == "traffic"]
+        step, step_started = len(traffic) - 1, traffic[-1]["time"]  # every exposure step began with a traffic change
         rows = rollout_rows(self.log, rollout["id"])
         champion, candidate = ab_evidence(labelled_outcomes(rows), plan.candidate)
-        served = served_counts(rows)
+        served = served_counts(rows[rows.time >= step_started])
         srm = srm_p({plan.candidate: served.get(plan.candidate, 0), "champion": served.get("champion", 0)},
                     {plan.candidate: plan.share, "champion": 1 - plan.share})  # fmt: skip
-        decision = decide_ab(plan, champion, candidate, srm)
+        decision = decide_ab(plan, champion, candidate, srm, step, now - step_started)
         self.ledger.record(rollout["id"], "check", {"evidence": {"champion": asdict(champion), "candidate": asdict(candidate)},
-                                                    "srm": srm, "decision": asdict(decision)}, now)  # fmt: skip
+                                                    "srm": srm, "step": step, "waited_s": now - step_started,
+                                                    "decision": asdict(decision)}, now)  # fmt: skip
+        if decision.action == "expose":
+            self.ledger.record(rollout["id"], "traffic", {**traffic[-1]["data"], "exposure": decision.exposure}, now)
         if decision.action == "rollback":
             self.ledger.record(rollout["id"], "traffic", {"shares": {plan.candidate: 0.0}, "shadow": {}}, now)
             self.ledger.finish(rollout["id"], "rolled back", "; ".join(decision.reasons), now)
@@ -759,8 +816,9 @@ def start_rollout(ledger: Ledger,  # where to record it
                   candidates: list[str],  # registry aliases, versions or folders
                   policy: str = "canary",  # one of `POLICIES`
                   steps: tuple[float, ...] = (0.05, 0.25, 0.5, 1.0),  # canary: the shares of traffic
-                  interval_s: float = 60.0,  # canary: how long each step lasts
+                  interval_s: float = 60.0,  # canary: how long each step lasts; ab: each exposure step
                   share: float = 1.0,  # shadow: the share of requests copied to each candidate; ab: the candidate's share of users
+                  exposure: tuple[float, ...] = (1.0,),  # ab: the share of users in the test, step by step (`interval_s` apart)
                   reweight_s: float = 60.0,  # bandit: seconds between reweightings
                   gates: Gates | None = None,  # canary: the limits (default `Gates()`)
                   champion: str = "champion",  # the champion's reference
@@ -788,10 +846,10 @@ def start_rollout(ledger: Ledger,  # where to record it
     plan = {"versions": versions, "champion": str(base.info.get("version") or champion)}
     arms = ["champion", *candidates]
     plan |= {"canary": {"canary": asdict(CanaryPlan(candidates[0], steps, interval_s, gates or Gates()))},
-             "ab": {"ab": asdict(ABPlan(candidates[0], share))},
+             "ab": {"ab": asdict(ABPlan(candidates[0], share, exposure=exposure, exposure_s=interval_s))},
              "bandit": {"bandit": asdict(BanditPlan(list(candidates), reweight_s=reweight_s))}}.get(policy, {})
     traffic = {"canary": {"shares": {candidates[0]: float(steps[0])}, "shadow": {}},
-               "ab": {"shares": {candidates[0]: float(share)}, "shadow": {}},
+               "ab": {"shares": {candidates[0]: float(share)}, "shadow": {}, "exposure": float(exposure[0])},
                "bandit": {"shares": {}, "shadow": {}, "weights": {arm: 1 / len(arms) for arm in arms}},
                "shadow": {"shares": {}, "shadow": {ref: float(share) for ref in candidates}}}[policy]
     rollout_id = uuid.uuid4().hex[:12]
@@ -837,9 +895,10 @@ def replay(ledger: Ledger, rollout_id: str) -> int:
     for check in checks:
         d, recorded = check["data"], check["data"]["decision"]
         if row["policy"] == "ab":
-            again = decide_ab(ABPlan(**plan["ab"]), Moments(**d["evidence"]["champion"]), Moments(**d["evidence"]["candidate"]), d["srm"])
+            again = decide_ab(ABPlan(**plan["ab"]), Moments(**d["evidence"]["champion"]), Moments(**d["evidence"]["candidate"]), d["srm"],
+                              d["step"], d["waited_s"])
         else: again = reweigh(BanditPlan(**plan["bandit"]), d["evidence"]["wins"], d["evidence"]["losses"], d["seed"])
-        if (again.action, again.weights) != (recorded["action"], recorded["weights"]):
+        if (again.action, again.weights, again.exposure) != (recorded["action"], recorded["weights"], recorded.get("exposure")):
             raise RolloutError(f"check at {check['time']} of roll-out {rollout_id} replays as {again.action} {again.weights or ''}, "
                                f"but {recorded['action']} {recorded['weights'] or ''} was recorded")
     return len(checks)
@@ -866,15 +925,62 @@ def every(seconds: float, fn, name: str) -> threading.Event:
     threading.Thread(target=loop, name=name, daemon=True).start()
     return stop
 
+CANDIDATE_APP_PREFIX = "mwml-candidate-"
+
+def candidate_app(version: str,  # the candidate's pinned version (`plan["versions"]`)
+                  rollout_id: str,  # its roll-out
+                  ) -> str:
+    "The name of the Ray Serve application that runs a roll-out's candidate."
+    return CANDIDATE_APP_PREFIX + hashlib.sha256(f"{rollout_id}/{version}".encode()).hexdigest()[:12]
+
+def on_ray_serve() -> bool:
+    "Whether this process is connected to Ray (a Serve replica, or the `mwml serve` that started it); never imports Ray."
+    ray = sys.modules.get("ray")
+    return ray is not None and ray.is_initialized()
+
+class CandidateApps:
+    "On Ray Serve: keep one application per candidate of the running roll-out, and none for roll-outs that ended."
+    def __init__(self, ledger: Ledger,
+                 max_replicas: int = 2,  # each candidate's replicas at most (Serve scales each on its own traffic)
+                 grace_s: float = 5.0,  # how long an application stays after its roll-out ended
+                 ):
+        self.ledger, self.max_replicas, self.grace_s, self.unwanted_since = ledger, max_replicas, grace_s, {}
+
+    def wanted(self) -> dict[str, str]:
+        "Application name -> the candidate's version, for the running roll-out."
+        running = self.ledger.running()
+        if running is None: return {}
+        return {candidate_app(v, running["id"]): v for v in json.loads(running["plan"])["versions"].values()}
+
+    def sync(self, now: float | None = None):
+        "Deploy the running roll-out's missing candidates (blocking until they run); delete those unwanted for `grace_s`."
+        from ray import serve
+        now, wanted = time.time() if now is None else now, self.wanted()
+        deployed = {name for name in serve.status().applications if name.startswith(CANDIDATE_APP_PREFIX)}
+        for name in deployed - wanted.keys():
+            if now - self.unwanted_since.setdefault(name, now) >= self.grace_s:
+                serve.delete(name)
+                self.unwanted_since.pop(name)
+                logger.info("deleted candidate application %s: its roll-out ended", name)
+        for name in wanted.keys() - deployed:
+            serve.run(model_deployment(wanted[name], self.max_replicas), name=name, route_prefix=None)
+            logger.info("candidate %s deployed as application %s", wanted[name], name)
+
 def attach_router(engine):
     "The server's `setup` hook: give `engine` a router that follows the ledger's running roll-out."
-    router = Router(Ledger(ledger_target()))
+    load = (lambda version, rollout_id: DeployedModel(candidate_app(version, rollout_id))) if on_ray_serve() else None
+    router = Router(Ledger(ledger_target()), load)
     router.refresh()
     engine.router = router
     every(1.0, router.refresh, "mwml-rollout-router")
 
 def supervise_rollouts(reload):
-    "The server's `supervise` hook: drive the running roll-out from this process; returns the function that stops it."
-    check_s = float(os.environ.get("MWML_ROLLOUT_CHECK_S") or 5)
-    controller = Controller(Ledger(ledger_target()), PredictionLog(ServeConfig.from_env().prediction_log), reload)
-    return every(check_s, controller.step, "mwml-rollout-controller").set
+    "The server's `supervise` hook: drive the running roll-out from this process (and its candidates' applications on Ray Serve)."
+    check_s, ledger = float(os.environ.get("MWML_ROLLOUT_CHECK_S") or 5), Ledger(ledger_target())
+    controller = Controller(ledger, PredictionLog(ServeConfig.from_env().prediction_log), reload, lease_s=max(30.0, 3 * check_s))
+    loops = [every(check_s, controller.step, "mwml-rollout-controller")]
+    if on_ray_serve(): loops.append(every(1.0, CandidateApps(ledger).sync, "mwml-rollout-candidates"))
+    def stop():
+        for loop in loops: loop.set()
+        ledger.release_lease(controller.holder)  # the next server's controller takes over at once
+    return stop

@@ -11,8 +11,9 @@ __all__ = ['logger', 'INGRESSES', 'LOG_TABLES', 'PREDICTIONS', 'FEEDBACK', 'SHAD
            'Recorded', 'auth_refusal', 'read_limited', 'body_refusal', 'internal_error', 'add_guard',
            'validation_problems', 'add_validation_answers', 'add_probe_routes', 'holdout_metrics', 'add_model_routes',
            'declare_bearer_auth', 'build_app', 'reload_on_sighup', 'supervised', 'serve_uvicorn', 'live_metrics',
-           'merge_metrics', 'share_metrics', 'replica_app', 'reload_replica', 'serve_deployment', 'AppArgs', 'app',
-           'free_port', 'ray_serve_env', 'serve_ray', 'run_server']
+           'merge_metrics', 'share_metrics', 'log_to_replica_file', 'replica_app', 'reload_replica', 'serve_deployment',
+           'model_deployment', 'ModelNotDeployed', 'handle_loop', 'DeployedModel', 'AppArgs', 'app', 'free_port',
+           'ray_serve_env', 'serve_ray', 'run_server']
 
 # %% ../nbs/11_serve.ipynb #56275478
 import asyncio
@@ -285,9 +286,9 @@ class ShadowPool:
     def predict(self, predictor: Predictor,  # the model (it is loaded again in the helper, by `pinned_ref`)
                 items: list[dict],  # validated items
                 ) -> list[dict]:
-        "`predictor`'s answers to `items`, computed in the helper process (in this one for a model with no reference)."
+        "`predictor`'s answers to `items`, in the helper process (here for a model with no reference or a `DeployedModel`)."
         ref = pinned_ref(predictor.info)
-        if ref is None: return predictor.predict(items)
+        if ref is None or getattr(predictor, "remote", False): return predictor.predict(items)  # in memory only, or deployed apart
         with self._lock:
             if self._pool is None:
                 self._pool = ProcessPoolExecutor(1, multiprocessing.get_context("spawn"), _start_shadow_process,
@@ -803,6 +804,12 @@ def share_metrics(engine: Engine,  # this replica's engine
 # %% ../nbs/11_serve.ipynb #180c67da
 _REPLICA: dict = {}  # this replica process's engine (Ray Serve builds the app once per replica)
 
+def log_to_replica_file():
+    "In a Serve replica: mwml's log records go where Serve's own go, the replica's file (Serve's fast mode drops stderr)."
+    ours = logging.getLogger("mwml")
+    for handler in logging.getLogger("ray.serve").handlers:
+        if handler not in ours.handlers: ours.addHandler(handler)
+
 def replica_app(config: ServeConfig,  # how to serve
                 threads: int,  # torch threads for this replica
                 setup: Callable[[Engine], None] | None = None,  # called with the engine before it serves
@@ -810,10 +817,11 @@ def replica_app(config: ServeConfig,  # how to serve
     "Build this replica's engine and app; Ray Serve calls it once, in the replica's process."
     import torch
     torch.set_num_threads(threads)  # Ray sets one thread per reserved CPU; a replica may use its share of the machine
+    import ray
+    if ray.is_initialized(): log_to_replica_file()  # in a replica; a notebook's example runs without Ray
     _REPLICA["engine"] = engine = Engine(config).load()
     if setup: setup(engine)
-    import ray
-    if ray.is_initialized(): share_metrics(engine)  # in a replica; a notebook's example runs without Ray
+    if ray.is_initialized(): share_metrics(engine)
     return build_app(engine)
 
 def reload_replica():
@@ -845,6 +853,70 @@ def serve_deployment(config: ServeConfig,  # how to serve
             self._reloads = user_config["reloads"]
 
     return MwmlServer.options(user_config={"reloads": reloads}).bind()
+
+# %% ../nbs/11_serve.ipynb #433c36db
+def model_deployment(ref: str,  # the model: alias, version, run id or folder
+                     max_replicas: int = 1,  # Serve adds replicas up to this many as the model's traffic grows
+                     cpus_per_replica: float = 0.25,  # CPUs each replica reserves
+                     threads: int = 1,  # torch threads per replica
+                     ):
+    "A Ray Serve application that answers `predict(items)` with the model `ref` names; reached by handle, not HTTP."
+    from ray import serve
+
+    @serve.deployment(name="model", ray_actor_options={"num_cpus": cpus_per_replica}, health_check_period_s=2,
+                      autoscaling_config={"min_replicas": 1, "max_replicas": max_replicas, "target_ongoing_requests": 2},
+                      graceful_shutdown_timeout_s=5, logging_config={"enable_access_log": False})
+    class ServedModel:
+        def __init__(self):
+            log_to_replica_file()
+            torch.set_num_threads(threads)
+            self.predictor = Predictor.load(ref, device=None)
+
+        def describe(self) -> dict: return {"info": self.predictor.info, "classes": list(self.predictor.classes)}
+        def predict(self, items: list[dict]) -> list[dict]: return self.predictor.predict(items)
+
+    return ServedModel.bind()
+
+class ModelNotDeployed(Exception):
+    "The Ray Serve application of a model does not exist, or has no replica that answers yet."
+
+@lru_cache(maxsize=1)
+def handle_loop() -> asyncio.AbstractEventLoop:
+    "The one event loop this process's deployment handles live on (Serve's throughput mode gives them none of its own)."
+    loop = asyncio.new_event_loop()
+    threading.Thread(target=loop.run_forever, name="mwml-handles", daemon=True).start()
+    return loop
+
+class DeployedModel:
+    "A model running in its own Ray Serve application (`model_deployment`), called by handle: a `Predictor`'s `info`, `classes`, `predict`."
+    remote = True  # it computes in its own replicas: `ShadowPool` calls it from here
+    timeout_s = 60.0  # the longest wait for an answer: a call never hangs a worker thread for good
+
+    def __init__(self, app: str,  # the application's name
+                 patience_s: float = 2.0,  # how long to wait for it to answer `describe`
+                 ):
+        from ray.serve.exceptions import RayServeException
+        self.app, self._handle = app, None
+        try: described = self._call("describe", timeout_s=patience_s)
+        except (RayServeException, TimeoutError) as e: raise ModelNotDeployed(f"application {app!r} is not serving yet: {e!r}") from e
+        self.info, self.classes = described["info"], tuple(described["classes"])
+
+    async def _remote(self, method: str, *args):
+        from ray import serve
+        if self._handle is None: self._handle = serve.get_app_handle(self.app)  # made on `handle_loop`, used there only
+        return await getattr(self._handle, method).remote(*args)
+
+    def _call(self, method: str, *args, timeout_s: float) -> object:
+        future = asyncio.run_coroutine_threadsafe(self._remote(method, *args), handle_loop())
+        try: return future.result(timeout_s)
+        except TimeoutError:
+            future.cancel()
+            raise
+
+    def predict(self, items: list[dict],  # validated items
+                ) -> list[dict]:
+        "The deployed model's answers (blocking: call it from a worker thread, as the engine's batcher does)."
+        return self._call("predict", items, timeout_s=self.timeout_s)
 
 # %% ../nbs/11_serve.ipynb #d5d55420
 class AppArgs(BaseModel):

@@ -261,12 +261,12 @@ def latest_checkpoint(folder: Path,  # a run's downloaded `checkpoint/` artifact
                       ) -> tuple[Tagger, int] | None:
     "The Tagger and epochs done of the newest slot in `folder` whose files are whole; None when no slot is."
     states = []
-    for slot in CHECKPOINT_SLOTS:
-        try: states.append((json.loads((folder / slot / "state.json").read_text()), folder / slot))
+    for slot in (*(folder / name for name in CHECKPOINT_SLOTS), folder):  # `folder` itself: the one checkpoint of older runs
+        try: states.append((json.loads((slot / "state.json").read_text()), slot))
         except (OSError, ValueError): continue
     for state, slot in sorted(states, key=lambda s: -s[0]["epochs_done"]):
-        try:
-            if sha256_bytes((slot / "tagger" / TAGGER_FILE).read_bytes()) != state["tagger_sha256"]:
+        try:  # an older run's state.json has no hash: `Tagger.load` still checks the weights against tagger.json
+            if "tagger_sha256" in state and sha256_bytes((slot / "tagger" / TAGGER_FILE).read_bytes()) != state["tagger_sha256"]:
                 raise ModelFileError(f"{slot.name}/tagger/{TAGGER_FILE} is not the one its state.json records")
             return Tagger.load(slot / "tagger"), state["epochs_done"]
         except (OSError, ModelFileError) as e:

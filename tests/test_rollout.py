@@ -2,7 +2,8 @@
 are logged and never returned (uvicorn and Ray Serve), a canary with a broken candidate rolls back on its own under
 20 requests/s, users keep their arm across a server restart, the ledger replays to the same decisions, a roll-out
 promoted through the registry's gate makes the server serve the new champion, and on labelled feedback an A/B test rolls
-a worse candidate back while a bandit moves the traffic to the better arm. Shadow helpers die with their server."""
+a worse candidate back while a bandit moves the traffic to the better arm. Shadow helpers die with their server. On Ray
+Serve a candidate runs as an application of its own, deployed when its roll-out starts and deleted when it ends."""
 
 import contextlib
 import json
@@ -21,7 +22,7 @@ from conftest import free_port, run_mwml, start_mwml, terminate, wait_until_read
 from mwml.config import get_settings
 from mwml.data import load
 from mwml.predict import Predictor
-from mwml.rollout import Ledger, current_traffic, ledger_target, replay, replay_canary
+from mwml.rollout import CANDIDATE_APP_PREFIX, Ledger, current_traffic, ledger_target, replay, replay_canary
 from mwml.serve import read_predictions
 
 TOKEN = {"Authorization": "Bearer s3cret"}
@@ -67,8 +68,8 @@ def serve(env: dict, replicas: int = 0):
 
 def wait_for_rollout(base: str, running: bool = True):
     "Block until the server's router has seen the roll-out start (or, with `running=False`, end)."
-    what = "the router saw the roll-out " + ("start" if running else "end")
-    wait_for(lambda: (httpx.get(f"{base}/model", headers=TOKEN).json()["rollout"] is not None) == running, what, 30)
+    what = "the router saw the roll-out " + ("start" if running else "end")  # on Ray Serve: once its candidates are deployed
+    wait_for(lambda: (httpx.get(f"{base}/model", headers=TOKEN).json()["rollout"] is not None) == running, what, 90)
 
 
 def rollout(env: dict, *args) -> dict:
@@ -94,15 +95,23 @@ def shadow_rows(log, rollout_id: str) -> pd.DataFrame:
         return pd.read_sql(sa.text(query), conn, params={"r": rollout_id})
 
 
+def commands(server) -> dict[psutil.Process, str]:
+    "Every process under `server` (its Ray workers included) with its command line."
+    found = {}
+    for p in psutil.Process(server.pid).children(recursive=True):
+        with contextlib.suppress(psutil.Error):
+            found[p] = " ".join(p.cmdline())
+    return found
+
+
 def shadow_helpers(server) -> list[psutil.Process]:
     "The processes that answer shadow copies (`mwml.serve.ShadowPool`) under `server`, its Ray replicas included."
+    return [p for p, command in commands(server).items() if "multiprocessing.spawn" in command]
 
-    def command(p):
-        with contextlib.suppress(psutil.Error):
-            return " ".join(p.cmdline())
-        return ""
 
-    return [p for p in psutil.Process(server.pid).children(recursive=True) if "multiprocessing.spawn" in command(p)]
+def candidate_replicas(server) -> list[psutil.Process]:
+    "The replicas of the candidates' own Ray Serve applications (`mwml.rollout.CandidateApps`) under `server`."
+    return [p for p, command in commands(server).items() if f"ServeReplica:{CANDIDATE_APP_PREFIX}" in command]
 
 
 def items(n: int) -> list[dict]:
@@ -133,11 +142,16 @@ def test_a_shadow_candidate_is_logged_never_returned(registered, replicas):
         assert set(zip(shadows.arm, shadows.model_version)) == {(broken, broken)}  # the candidate answered every copy
         users_saw = set(read_predictions(log).id)  # what monitoring reads: the served answers, not the copies
         assert served <= users_saw and not users_saw & set(shadows.id)
+        helpers = shadow_helpers(server)
+        if replicas:  # on Ray Serve the candidate is an application of its own, called by handle: no helper needed
+            assert httpx.get(f"{base}/model", headers=TOKEN).json()["rollout"]["deployments"], "the candidate is not deployed apart"
+            assert candidate_replicas(server) and not helpers, (candidate_replicas(server), helpers)
+        else:
+            assert len(helpers) == 1, helpers
         r = run_mwml("rollout", "abort", env=env)
         assert r.returncode == 0, r.stderr
         wait_for_rollout(base, running=False)
-        helpers = shadow_helpers(server)
-        assert 1 <= len(helpers) <= max(1, replicas), helpers  # a helper in each copy of the API that answered copies
+        wait_for(lambda: not candidate_replicas(server), "the candidate's application was deleted once the roll-out ended", 60)
     finally:
         terminate(server)
     _, alive = psutil.wait_procs(helpers, timeout=15)
@@ -152,6 +166,7 @@ def test_a_canary_with_a_broken_candidate_rolls_back_on_its_own(registered, repl
     try:
         started = rollout(env, "start", "--candidate", broken, "--steps", "5,25,50,100", "--interval", "60s")
         wait_for_rollout(base)
+        assert bool(candidate_replicas(server)) == bool(replicas)  # on Ray Serve the candidate runs in an application of its own
         ledger, stop_traffic, sent = Ledger(ledger_target(get_settings(env))), threading.Event(), []
 
         def traffic(offset: int):  # 20 requests/s in all, from 4 threads, each request a new user
@@ -183,6 +198,7 @@ def test_a_canary_with_a_broken_candidate_rolls_back_on_its_own(registered, repl
         assert mlflow.MlflowClient(get_settings(env).tracking_uri).get_model_version_by_alias(
             get_settings(env).model_name, "champion").version == int(champion)  # fmt: skip
         wait_for_rollout(base, running=False)
+        wait_for(lambda: not candidate_replicas(server), "the candidate's application was deleted once the roll-out was rolled back")
     finally:
         terminate(server)
 
@@ -240,14 +256,23 @@ def test_ab_and_bandit_decide_on_feedback_through_the_server(registered):
     server, base = serve(env)
     ledger = Ledger(ledger_target(get_settings(env)))
     try:
-        # A/B: half the users on a random tagger; the always-valid test finds it worse on the labels and rolls it back
-        ab = rollout(env, "start", "--candidate", broken, "--policy", "ab", "--share", "50")
+        # A/B: 20% of the users in the test for 6 s, then all; half of them on a random tagger. The always-valid test finds it
+        # worse on the labels and rolls it back
+        ab = rollout(env, "start", "--candidate", broken, "--policy", "ab", "--share", "50", "--exposure", "20,100", "--interval", "6s")
         wait_for_rollout(base)
         sent = labelled_traffic(base, lambda: ledger.get(ab["id"])["state"] != "running")
         ended = ledger.get(ab["id"])
         print(f"A/B ended after {sent} labelled requests: {ended['state']}, {ended['reason']}")
         assert ended["state"] == "rolled back" and "the candidate is worse" in ended["reason"], ended
         assert replay(ledger, ab["id"]) >= 1  # every recorded check replays to the same decision
+        [widened] = [e for e in ledger.events(ab["id"]) if e["kind"] == "check" and e["data"]["decision"]["action"] == "expose"]
+        assert widened["data"]["decision"]["exposure"] == 1.0 and widened["data"]["srm"] >= 0.001, widened
+        with sa.create_engine(f"sqlite:///{get_settings(env).home / 'predictions.db'}").connect() as conn:
+            query = "SELECT rollout_id FROM predictions WHERE time BETWEEN :start AND :widened AND shadow_of IS NULL"
+            first_step = pd.read_sql(sa.text(query), conn, params={"start": ab["started"], "widened": widened["time"] - 1.5})
+        in_test = (first_step.rollout_id == ab["id"]).mean()  # 1.5 s: the routers see a change within a second
+        print(f"first exposure step: {in_test:.0%} of {len(first_step)} users in the test")
+        assert len(first_step) >= 20 and 0.02 <= in_test <= 0.5, (len(first_step), in_test)
         wait_for_rollout(base, running=False)
 
         # bandit: after the burn-in, Thompson sampling moves the traffic to the champion, keeping the floor on the candidate
