@@ -139,14 +139,34 @@ def paced(base: str, items: list[dict], rps: float, seconds: float, until=None, 
     return out
 
 
+def shadow_cost(base: str, env: dict, items: list[dict], candidate: str, repeats: int) -> dict:
+    "The primary's p99 at RPS without a roll-out and with every request shadowed to `candidate` (`repeats` runs of 30 s each)."
+    result = {"p99_ms": {"no roll-out": [], "shadow 100%": []}, "shadow_copies": []}
+    log = PredictionLog(get_settings(env).home / "predictions.db")
+    for _ in range(repeats):
+        result["p99_ms"]["no roll-out"].append(float(np.percentile([ms for ms, _ in paced(base, items, RPS, 30)], 99)))
+        shadowed = json.loads(mwml("rollout", "start", "--candidate", candidate, "--policy", "shadow", "--json", env=env))["id"]
+        time.sleep(1.5)
+        result["p99_ms"]["shadow 100%"].append(float(np.percentile([ms for ms, _ in paced(base, items, RPS, 30)], 99)))
+        time.sleep(5)  # the last copies are answered after their requests
+        mwml("rollout", "abort", env=env)
+        time.sleep(1.5)
+        rows = rollout_rows(log, shadowed)
+        copies = rows[rows.shadow_of.notna()]
+        result["shadow_copies"].append({"served": int(rows.shadow_of.isna().sum()), "copies": len(copies),
+                                        "failed": int(copies.error.notna().sum())})  # fmt: skip
+        print(f"shadow copies: {result['shadow_copies'][-1]}; p99 at {RPS:.0f} requests/s: {result['p99_ms']}", flush=True)
+    p99 = {k: float(np.median(v)) for k, v in result["p99_ms"].items()}
+    return result | {"shadow_p99_ratio": p99["shadow 100%"] / p99["no roll-out"]}
+
+
 def live(items: list[dict], repeats: int, work: Path) -> dict:
     "In a real `mwml serve` (uvicorn): seconds until a canary of a broken candidate rolls back at 20 requests/s, and shadowing's p99 cost."
     env, good, broken = registered_models(work / "home")
     ledger = Ledger(ledger_target(get_settings(env)))
     port = free_port()
     proc, _ = start([str(BIN / "mwml"), "serve", "--port", str(port)], port, env, Path.cwd(), work / "serve.log")
-    base, result = f"http://127.0.0.1:{port}", {"rollbacks": [], "p99_ms": {"no roll-out": [], "shadow 100%": []}, "shadow_copies": []}
-    log = PredictionLog(get_settings(env).home / "predictions.db")
+    base, result = f"http://127.0.0.1:{port}", {"rollbacks": []}
     try:
         paced(base, items, RPS, 10)  # warm-up
         for _ in range(repeats):
@@ -159,25 +179,29 @@ def live(items: list[dict], repeats: int, work: Path) -> dict:
                                         "requests": len(sent), "errors": sum(s != 200 for _, s in sent), "state": row["state"],
                                         "reason": row["reason"]})  # fmt: skip
             print(f"canary of a broken candidate: {row['state']} after {result['rollbacks'][-1]['seconds']:.1f} s", flush=True)
-        for _ in range(repeats):
-            result["p99_ms"]["no roll-out"].append(float(np.percentile([ms for ms, _ in paced(base, items, RPS, 30)], 99)))
-            shadowed = json.loads(mwml("rollout", "start", "--candidate", good, "--policy", "shadow", "--json", env=env))["id"]
-            time.sleep(1.5)
-            result["p99_ms"]["shadow 100%"].append(float(np.percentile([ms for ms, _ in paced(base, items, RPS, 30)], 99)))
-            time.sleep(5)  # the last copies are answered after their requests
-            mwml("rollout", "abort", env=env)
-            time.sleep(1.5)
-            rows = rollout_rows(log, shadowed)
-            copies = rows[rows.shadow_of.notna()]
-            result["shadow_copies"].append({"served": int(rows.shadow_of.isna().sum()), "copies": len(copies),
-                                            "failed": int(copies.error.notna().sum())})  # fmt: skip
-            print(f"shadow copies: {result['shadow_copies'][-1]}", flush=True)
-            print(f"p99 at {RPS:.0f} requests/s: {result['p99_ms']}", flush=True)
+        result |= shadow_cost(base, env, items, good, repeats)
     finally:
         stop(proc)
-    p99 = {k: float(np.median(v)) for k, v in result["p99_ms"].items()}
-    result["shadow_p99_ratio"] = p99["shadow 100%"] / p99["no roll-out"]
     return result
+
+
+def live_minilm(items: list[dict], repeats: int, work: Path) -> dict:
+    "Shadowing's p99 cost with the product's model on both sides: MiniLM taggers (one epoch on 64 projects: the cost, not the F1)."
+    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "MWML_API_TOKEN", "RAY_ADDRESS")}
+    env.update(MWML_HOME=str(work / "home-minilm"), MWML_ROLLOUT_CHECK_S="1")
+    run = mwml("train", "--backbone", "minilm", "--epochs", "1", "--sample-size", "64", env=env).split("MLflow run ")[1].split()[0]
+    champion = mwml("register", run, env=env).split("version ")[1].split()[0]
+    client, name = mlflow.MlflowClient(get_settings(env).tracking_uri), get_settings(env).model_name
+    client.set_registered_model_alias(name, "champion", champion)
+    v1 = client.get_model_version(name, champion)
+    candidate = str(client.create_model_version(name, v1.source, v1.run_id).version)
+    port = free_port()
+    proc, _ = start([str(BIN / "mwml"), "serve", "--port", str(port)], port, env, Path.cwd(), work / "serve-minilm.log")
+    try:
+        paced(f"http://127.0.0.1:{port}", items, RPS, 10)  # warm-up
+        return shadow_cost(f"http://127.0.0.1:{port}", env, items, candidate, repeats)
+    finally:
+        stop(proc)
 
 
 def main():
@@ -223,12 +247,14 @@ def main():
     print(f"bandit regret at n=100,000: {bandit}", flush=True)
 
     items = [{"title": t, "description": d} for t, d in zip(pool.title, pool.description)]
-    live_result = live(items, args.live_repeats, Path(tempfile.mkdtemp(prefix="mwml-bench-rollout-"))) if args.live_repeats else None
+    work = Path(tempfile.mkdtemp(prefix="mwml-bench-rollout-"))
+    live_result = live(items, args.live_repeats, work) if args.live_repeats else None
+    minilm_result = live_minilm(items, args.live_repeats, work) if args.live_repeats else None
 
     result = {"setup": {"rps": RPS, "steps": STEPS, "interval_s": INTERVAL_S, "check_every_s": CHECK_S, "label_share": LABEL_SHARE,
                         "label_delay_s": LABEL_DELAY_S, "pool_projects": len(pool), "latency_p99_ms": float(np.percentile(latency, 99))},
               "accuracy": accuracy, "disagreement_with_champion": disagreement, "canary": canary, "peeking": peeking,
-              "srm": srm, "bandit": bandit, "live": live_result}  # fmt: skip
+              "srm": srm, "bandit": bandit, "live": live_result, "live_minilm": minilm_result}  # fmt: skip
     rows = [(f"canary: {name}", ", ".join(f"{k} {v}" for k, v in c["outcomes"].items()),
              f"{c['seconds_median']:.0f} s ({c['seconds_max']:.0f} max)", f"{c['candidate_requests_median']:.0f}")
             for name, c in canary.items()]  # fmt: skip
@@ -240,7 +266,8 @@ def main():
         secs = [r["seconds"] for r in live_result["rollbacks"]]
         rows += [("live canary, broken candidate, 20 requests/s (`mwml serve`)", ", ".join(r["state"] for r in live_result["rollbacks"]),
                   f"{np.median(secs):.1f} s ({max(secs):.1f} max)", "–"),
-                 ("live shadow (100% copies): p99 with / without", f"{live_result['shadow_p99_ratio']:.2f}×", "–", "–")]  # fmt: skip
+                 ("live shadow (100% copies): p99 with / without", f"{live_result['shadow_p99_ratio']:.2f}×", "–", "–"),
+                 ("live shadow, MiniLM both sides: p99 with / without", f"{minilm_result['shadow_p99_ratio']:.2f}×", "–", "–")]  # fmt: skip
     bench.write(result, rows, ("what", "result", "time to decision", "candidate requests"))
 
 

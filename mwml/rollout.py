@@ -37,7 +37,7 @@ __all__ = ['logger', 'BUCKETS', 'SRM_P', 'REQUIRED_GATES', 'LEDGER_TABLES', 'ROL
            'plot_rollout', 'ledger_target', 'current_traffic', 'Router', 'rollout_rows', 'served_counts',
            'log_evidence', 'labelled_outcomes', 'ab_evidence', 'Controller', 'gate_and_promote', 'class_difference',
            'start_rollout', 'abort_rollout', 'promote_rollout', 'replay', 'rollout_status', 'every', 'candidate_app',
-           'on_ray_serve', 'CandidateApps', 'attach_router', 'supervise_rollouts']
+           'on_ray_serve', 'CandidateApps', 'attach_router', 'unshared_stores', 'supervise_rollouts']
 
 # %% ../nbs/12_rollout.ipynb #1eb16b91
 logger = logging.getLogger(__name__)
@@ -974,10 +974,21 @@ def attach_router(engine):
     engine.router = router
     every(1.0, router.refresh, "mwml-rollout-router")
 
+def unshared_stores(ledger: Ledger, log: PredictionLog,
+                    env: dict | None = None,  # the environment (default `os.environ`)
+                    ) -> list[str]:
+    "On a Ray cluster (`RAY_ADDRESS`): a warning for the ledger and the log where one is a SQLite file (no other machine shares it)."
+    if not (os.environ if env is None else env).get("RAY_ADDRESS"): return []
+    stores = (("roll-out ledger", ledger.url, "MWML_ROLLOUT_LEDGER"), ("prediction log", log.url, "MWML_SERVE_PREDICTION_LOG"))
+    return [f"the {what} is a SQLite file ({url.database}): replicas on the cluster's other machines write and read a file of "
+            f"their own; set {variable} to a database every machine reaches (postgresql://...)"
+            for what, url, variable in stores if url.get_backend_name() == "sqlite"]
+
 def supervise_rollouts(reload):
     "The server's `supervise` hook: drive the running roll-out from this process (and its candidates' applications on Ray Serve)."
     check_s, ledger = float(os.environ.get("MWML_ROLLOUT_CHECK_S") or 5), Ledger(ledger_target())
     controller = Controller(ledger, PredictionLog(ServeConfig.from_env().prediction_log), reload, lease_s=max(30.0, 3 * check_s))
+    for warning in unshared_stores(ledger, controller.log): logger.warning(warning)
     loops = [every(check_s, controller.step, "mwml-rollout-controller")]
     if on_ray_serve(): loops.append(every(1.0, CandidateApps(ledger).sync, "mwml-rollout-candidates"))
     def stop():

@@ -256,9 +256,9 @@ def test_ab_and_bandit_decide_on_feedback_through_the_server(registered):
     server, base = serve(env)
     ledger = Ledger(ledger_target(get_settings(env)))
     try:
-        # A/B: 20% of the users in the test for 6 s, then all; half of them on a random tagger. The always-valid test finds it
+        # A/B: 20% of the users in the test for 15 s, then all; half of them on a random tagger. The always-valid test finds it
         # worse on the labels and rolls it back
-        ab = rollout(env, "start", "--candidate", broken, "--policy", "ab", "--share", "50", "--exposure", "20,100", "--interval", "6s")
+        ab = rollout(env, "start", "--candidate", broken, "--policy", "ab", "--share", "50", "--exposure", "20,100", "--interval", "15s")
         wait_for_rollout(base)
         sent = labelled_traffic(base, lambda: ledger.get(ab["id"])["state"] != "running")
         ended = ledger.get(ab["id"])

@@ -431,6 +431,10 @@ def rollout(r: Results) -> str:
               f"{bandit['even_split']:.0f} (even split)"),
              ("primary's p99 at 20 requests/s, shadowing 100% vs none", f"{live['shadow_p99_ratio']:.2f}×",
               " / ".join(f"{k} {sorted(v)[len(v) // 2]:.0f} ms" for k, v in live["p99_ms"].items()))]  # fmt: skip
+    minilm = d.get("live_minilm")
+    if minilm:
+        stats.append(("the same with MiniLM taggers as champion and candidate", f"{minilm['shadow_p99_ratio']:.2f}×",
+                      " / ".join(f"{k} {sorted(v)[len(v) // 2]:.0f} ms" for k, v in minilm["p99_ms"].items())))  # fmt: skip
     acc = ", ".join(f"{k} {v:.3f}" for k, v in d["accuracy"].items())
     s = d["setup"]
     note = (f"Streams: {s['rps']:.0f} requests/s drawn from {s['pool_projects']} validation and holdout projects, every answer a "
@@ -451,7 +455,9 @@ def rollout(r: Results) -> str:
              f"({'met' if bandit['ratio'] <= 0.25 else '**not met**'}); shadowing adds ≤ 5% to the primary's p99: "
              f"{live['shadow_p99_ratio']:.2f}× the p99 without (runs without ranged {min(without):.0f}–{max(without):.0f} ms, "
              f"with {min(shadowed):.0f}–{max(shadowed):.0f} ms) "
-             f"({'met' if live['shadow_p99_ratio'] <= 1.05 else '**not met**'}).")  # fmt: skip
+             f"({'met' if live['shadow_p99_ratio'] <= 1.05 else '**not met**'})"
+             + (f"; with MiniLM taggers on both sides {minilm['shadow_p99_ratio']:.2f}× "
+                f"({'met' if minilm['shadow_p99_ratio'] <= 1.05 else '**not met**'})" if minilm else "") + ".")  # fmt: skip
     return "\n".join([table(("policy run", "outcome", "time to decision", "candidate requests"), rows), "",
                       table(("statistics", "measured", "against"), stats), "", note, "", goals, "", provenance(d)])  # fmt: skip
 
