@@ -264,7 +264,8 @@ def _exit_with(parent: int):
 
 def _start_shadow_process(threads: int, server: int):
     "In the helper process: the lowest CPU priority, `threads` torch threads, Ctrl-C left to the server, gone with the `server` pid."
-    os.nice(19)
+    if hasattr(os, "SCHED_IDLE"): os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))  # Linux: idle cores only
+    else: os.nice(19)
     torch.set_num_threads(threads)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the server's process group gets Ctrl-C; the server shuts this one down
     threading.Thread(target=_exit_with, args=(server,), daemon=True).start()  # the pid from the server: it may die while we import
