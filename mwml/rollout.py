@@ -718,19 +718,21 @@ class Controller:
                  ):
         self.ledger, self.log, self.reload, self.promote = ledger, log, reload, promote or gate_and_promote
         self.canary: Canary | None = None
-        self.rollout_id: str | None = None
+        self.rollout_id: str | None = None  # the roll-out this controller drives (its state replayed from the ledger)
+        self.seen: str | None = None  # the roll-out last seen running, led here or not: promoted, it means a reload
         self.holder, self.lease_s = f"{socket.gethostname()}/{os.getpid()}/{uuid.uuid4().hex[:6]}", lease_s
 
     def step(self, now: float | None = None) -> Decision | None:
         "One check of the running roll-out (None when there is none, the policy checks nothing, or another controller leads)."
         now = time.time() if now is None else now
+        rollout = self.ledger.running()
+        if rollout is None:  # promoted by hand or by another server's controller: serve the new champion here too
+            if self.seen and self.ledger.get(self.seen)["state"] == "promoted": self.reload()
+            self.canary = self.rollout_id = self.seen = None
+            return None
+        self.seen = rollout["id"]
         if not self.ledger.hold_lease(self.holder, now, self.lease_s):
             self.rollout_id = None  # when this one takes over, it replays what the other one recorded
-            return None
-        rollout = self.ledger.running()
-        if rollout is None:
-            if self.rollout_id and self.ledger.get(self.rollout_id)["state"] == "promoted": self.reload()  # promoted by hand
-            self.canary = self.rollout_id = None
             return None
         if rollout["id"] != self.rollout_id:  # a new roll-out, or this server restarted: the ledger says where it was
             self.rollout_id = rollout["id"]
@@ -795,6 +797,7 @@ class Controller:
         if promoted:
             self.ledger.finish(rollout["id"], "promoted", reason, now)
             self.reload()
+            self.seen = None  # reloaded already
         else:
             self.ledger.finish(rollout["id"], "refused by the gate", "; ".join(reasons), now)
 
@@ -896,9 +899,10 @@ def replay(ledger: Ledger, rollout_id: str) -> int:
         d, recorded = check["data"], check["data"]["decision"]
         if row["policy"] == "ab":
             again = decide_ab(ABPlan(**plan["ab"]), Moments(**d["evidence"]["champion"]), Moments(**d["evidence"]["candidate"]), d["srm"],
-                              d["step"], d["waited_s"])
+                              d.get("step", 0), d.get("waited_s", 0.0))  # checks recorded before exposure ramps had neither
         else: again = reweigh(BanditPlan(**plan["bandit"]), d["evidence"]["wins"], d["evidence"]["losses"], d["seed"])
-        if (again.action, again.weights, again.exposure) != (recorded["action"], recorded["weights"], recorded.get("exposure")):
+        was = recorded["action"], recorded["weights"], recorded.get("exposure", again.exposure)
+        if (again.action, again.weights, again.exposure) != was:
             raise RolloutError(f"check at {check['time']} of roll-out {rollout_id} replays as {again.action} {again.weights or ''}, "
                                f"but {recorded['action']} {recorded['weights'] or ''} was recorded")
     return len(checks)
