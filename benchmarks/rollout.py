@@ -101,10 +101,15 @@ def mwml(*args, env: dict) -> str:
     return r.stdout
 
 
+def throwaway_env(home: Path) -> dict:
+    "This environment with its own MWML_HOME (its own MLflow store, ledger and log), checks every second, no token."
+    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "MWML_API_TOKEN", "RAY_ADDRESS")}
+    return env | {"MWML_HOME": str(home), "MWML_ROLLOUT_CHECK_S": "1"}
+
+
 def registered_models(home: Path) -> tuple[dict, str, str]:
     "A throw-away home: the baseline as version 1 (champion) and 2 (a good candidate), a random tiny tagger as 3 (broken)."
-    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "MWML_API_TOKEN", "RAY_ADDRESS")}
-    env.update(MWML_HOME=str(home), MWML_ROLLOUT_CHECK_S="1")
+    env = throwaway_env(home)
     run = mwml("train", "--model", "baseline", env=env).split("MLflow run ")[1].split()[0]
     first = mwml("register", run, env=env).split("version ")[1].split()[0]
     client, name = mlflow.MlflowClient(get_settings(env).tracking_uri), get_settings(env).model_name
@@ -187,8 +192,7 @@ def live(items: list[dict], repeats: int, work: Path) -> dict:
 
 def live_minilm(items: list[dict], repeats: int, work: Path) -> dict:
     "Shadowing's p99 cost with the product's model on both sides: MiniLM taggers (one epoch on 64 projects: the cost, not the F1)."
-    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "MWML_API_TOKEN", "RAY_ADDRESS")}
-    env.update(MWML_HOME=str(work / "home-minilm"), MWML_ROLLOUT_CHECK_S="1")
+    env = throwaway_env(work / "home-minilm")
     run = mwml("train", "--backbone", "minilm", "--epochs", "1", "--sample-size", "64", env=env).split("MLflow run ")[1].split()[0]
     champion = mwml("register", run, env=env).split("version ")[1].split()[0]
     client, name = mlflow.MlflowClient(get_settings(env).tracking_uri), get_settings(env).model_name
