@@ -5,15 +5,16 @@
 # %% auto #0
 __all__ = ['logger', 'INGRESSES', 'LOG_TABLES', 'PREDICTIONS', 'FEEDBACK', 'SHADOW_BACKLOG', 'SHADOW_FLUSH_S', 'ERRORS',
            'OPEN_PATHS', 'Supervisor', 'METRICS_NAMESPACE', 'LOCAL_HOSTS', 'ServeConfig', 'add_missing_columns',
-           'replace_row', 'PredictionLog', 'read_predictions', 'shown_log', 'Route', 'log_row', 'MicroBatcher',
-           'pinned_ref', 'ShadowPool', 'ModelFailure', 'loggable', 'Engine', 'Item', 'predict_request_model',
-           'feedback_request_model', 'Problem', 'Problems', 'ServerError', 'error_responses', 'Prediction',
-           'Predictions', 'ModelInfo', 'Health', 'Ready', 'Recorded', 'auth_refusal', 'read_limited', 'body_refusal',
-           'internal_error', 'add_guard', 'validation_problems', 'add_validation_answers', 'add_probe_routes',
-           'holdout_metrics', 'add_model_routes', 'declare_bearer_auth', 'build_app', 'reload_on_sighup', 'supervised',
-           'serve_uvicorn', 'live_metrics', 'merge_metrics', 'share_metrics', 'log_to_replica_file', 'replica_app',
-           'reload_replica', 'serve_deployment', 'model_deployment', 'ModelNotDeployed', 'handle_loop', 'DeployedModel',
-           'AppArgs', 'app', 'free_port', 'ray_serve_env', 'serve_ray', 'run_server']
+           'replace_row', 'is_logged', 'write_feedback', 'PredictionLog', 'read_predictions', 'shown_log', 'Route',
+           'log_row', 'MicroBatcher', 'pinned_ref', 'ShadowPool', 'ModelFailure', 'loggable', 'Engine', 'Item',
+           'predict_request_model', 'feedback_request_model', 'Problem', 'Problems', 'ServerError', 'error_responses',
+           'Prediction', 'Predictions', 'ModelInfo', 'Health', 'Ready', 'Recorded', 'auth_refusal', 'read_limited',
+           'body_refusal', 'internal_error', 'add_guard', 'validation_problems', 'add_validation_answers',
+           'add_probe_routes', 'holdout_metrics', 'add_model_routes', 'declare_bearer_auth', 'build_app',
+           'reload_on_sighup', 'supervised', 'serve_uvicorn', 'live_metrics', 'merge_metrics', 'share_metrics',
+           'log_to_replica_file', 'replica_app', 'reload_replica', 'serve_deployment', 'model_deployment',
+           'ModelNotDeployed', 'handle_loop', 'DeployedModel', 'AppArgs', 'app', 'free_port', 'ray_serve_env',
+           'serve_ray', 'run_server']
 
 # %% ../nbs/11_serve.ipynb #56275478
 import asyncio
@@ -99,7 +100,9 @@ PREDICTIONS = sa.Table("predictions", LOG_TABLES,
                        sa.Column("arm", sa.Text), sa.Column("rollout_id", sa.Text), sa.Column("shadow_of", sa.Text),
                        sa.Column("error", sa.Text))  # the exception's name when the model failed (no tag then)
 FEEDBACK = sa.Table("feedback", LOG_TABLES,
-                    sa.Column("prediction_id", sa.Text, primary_key=True), sa.Column("tag", sa.Text), sa.Column("time", _DOUBLE))
+                    sa.Column("prediction_id", sa.Text, primary_key=True), sa.Column("tag", sa.Text), sa.Column("time", _DOUBLE),
+                    # who said so: `api` (a client's POST /feedback) or `review` (people on the review page, `mwml.review`)
+                    sa.Column("source", sa.Text), sa.Column("reviewer", sa.Text))
 
 # %% ../nbs/11_serve.ipynb #3dab2545
 def add_missing_columns(conn: sa.Connection,  # inside a transaction
@@ -128,6 +131,22 @@ def replace_row(conn: sa.Connection,  # inside a transaction
         conn.execute(table.insert().values(row))
 
 # %% ../nbs/11_serve.ipynb #9c013a82
+def is_logged(conn: sa.Connection,  # a connection to the log
+              prediction_id: str,  # what `/predict` answered
+              ) -> bool:
+    "Whether the log holds a prediction with this id."
+    return conn.execute(sa.select(PREDICTIONS.c.id).where(PREDICTIONS.c.id == prediction_id)).first() is not None
+
+def write_feedback(conn: sa.Connection,  # inside a transaction
+                   prediction_id: str,  # a logged prediction
+                   tag: str,  # its true tag
+                   source: str,  # `api` or `review`
+                   reviewer: str | None = None,  # who said so, for `review`
+                   ):
+    "Record (or replace) the true tag of a prediction: the one feedback path, whoever gives it."
+    replace_row(conn, FEEDBACK, {"prediction_id": prediction_id, "tag": tag, "time": time.time(), "source": source, "reviewer": reviewer},
+                "prediction_id")
+
 class PredictionLog:
     "Predictions and feedback in any SQL database: a file path is SQLite (WAL), a URL a server such as PostgreSQL."
     def __init__(self, path: Path | str,  # a SQLite file, or a SQLAlchemy URL such as `postgresql://user:pw@host/db`
@@ -138,21 +157,26 @@ class PredictionLog:
         self._lock = threading.Lock() if self.url.get_backend_name() == "sqlite" else nullcontext()  # one SQLite writer per process
         with self._lock, connected(self.engine) as conn:  # also proves a server is reachable
             LOG_TABLES.create_all(conn)
-            add_missing_columns(conn, PREDICTIONS)
+            for table in (PREDICTIONS, FEEDBACK): add_missing_columns(conn, table)
         logger.debug("prediction log at %s", self.url.render_as_string(hide_password=True))
 
     def __repr__(self): return f"PredictionLog({self.url.render_as_string(hide_password=True)!r})"
 
+    @contextmanager
+    def transaction(self):
+        "A connection inside one transaction, as this process's only SQLite writer while inside (committed on the way out)."
+        with self._lock, connected(self.engine) as conn: yield conn
+
     def write(self, rows: list[dict]):
         "Append prediction rows."
         if not rows: return  # an empty executemany would insert one row of NULLs
-        with self._lock, connected(self.engine) as conn: conn.execute(PREDICTIONS.insert(), rows)
+        with self.transaction() as conn: conn.execute(PREDICTIONS.insert(), rows)
 
     def feedback(self, prediction_id: str, tag: str) -> bool:
-        "Record the true tag of a logged prediction; False when there is no such prediction."
-        with self._lock, connected(self.engine) as conn:
-            if conn.execute(sa.select(PREDICTIONS.c.id).where(PREDICTIONS.c.id == prediction_id)).first() is None: return False
-            replace_row(conn, FEEDBACK, {"prediction_id": prediction_id, "tag": tag, "time": time.time()}, "prediction_id")
+        "Record the true tag of a logged prediction (from a client: source `api`); False when there is no such prediction."
+        with self.transaction() as conn:
+            if not is_logged(conn, prediction_id): return False
+            write_feedback(conn, prediction_id, tag, "api")
         return True
 
     ALL = "SELECT p.*, f.tag AS true_tag FROM predictions p LEFT JOIN feedback f ON f.prediction_id = p.id"  # with the feedback
@@ -337,6 +361,8 @@ class Engine:
         self._shadowed = MicroBatcher(self._run_shadow_batch, self.config.max_batch_size, self.config.batch_wait_s)  # its own queue
         self._shadow_tasks: set[asyncio.Task] = set()
         self._shadow_rows, self._shadow_flush = [], None  # shadow answers not yet written, and the task that writes them
+        self.extensions: list[Callable[[FastAPI, Engine], object]] = []  # `add(app, engine)`: routes a later room adds (the review page)
+        self.own_auth: tuple[str, ...] = ()  # path prefixes whose routes check their own credentials, not MWML_API_TOKEN
         self.router = None  # a roll-out's router (`mwml.rollout`): `route(key) -> Route`, `describe() -> dict`; None: no roll-out
         self.scrape: Callable[[], bytes] = lambda: generate_latest(self.registry)  # what `/metrics` answers; a replica widens it
 
@@ -480,6 +506,7 @@ class ServerError(BaseModel):
 ERRORS = {400: (Problem, "the body is not UTF-8 JSON"), 401: (Problem, "missing or wrong bearer token"),
           404: (Problem, "no such prediction"), 413: (Problem, "the body is over the size limit"),
           422: (Problems, "the request failed validation: one line per problem"),
+          429: (Problem, "too many requests from this client: wait the `Retry-After` seconds"),
           500: (ServerError, "a bug of ours, logged under `error_id`"), 503: (Problem, "no model loaded yet")}
 
 def error_responses(*statuses: int) -> dict:
@@ -535,9 +562,10 @@ OPEN_PATHS = ("/health", "/ready")  # probes: a load balancer or Kubernetes send
 def auth_refusal(token: str | None,  # the configured bearer token; None: no auth
                  path: str,  # the request's path
                  authorization: str | None,  # its `Authorization` header
+                 own_auth: tuple[str, ...] = (),  # paths (and the paths under them) whose routes check their own credentials
                  ) -> JSONResponse | None:
     "The 401 for a request without the right bearer token; None when it may pass."
-    if not token or path in OPEN_PATHS: return None
+    if not token or path in OPEN_PATHS or any(path == p or path.startswith(p + "/") for p in own_auth): return None
     if authorization is not None and hmac.compare_digest(authorization.encode(), f"Bearer {token}".encode()): return None  # constant time
     detail = "missing or wrong bearer token: send `Authorization: Bearer <MWML_API_TOKEN>`"
     return JSONResponse({"detail": detail}, 401, {"WWW-Authenticate": "Bearer"})
@@ -590,7 +618,7 @@ def add_guard(app: FastAPI,  # the API
         takes_body = request.method == "POST" and any(route.path == path and "POST" in getattr(route, "methods", ())
                                                       for route in app.routes)  # else the router answers 404 or 405
         try:
-            response = auth_refusal(config.token, path, request.headers.get("authorization"))
+            response = auth_refusal(config.token, path, request.headers.get("authorization"), engine.own_auth)
             if response is None and takes_body:
                 response = body_refusal(await read_limited(request, config.max_body_bytes), config.max_body_bytes)
             if response is None: response = await call_next(request)
@@ -713,6 +741,7 @@ def build_app(engine: Engine,  # its model loaded by the caller
     add_validation_answers(app)
     add_probe_routes(app, engine)
     add_model_routes(app, engine)
+    for extend in engine.extensions: extend(app, engine)
     if engine.config.token: declare_bearer_auth(app)
     return app
 
