@@ -220,10 +220,13 @@ class Review:
         read_predictions(target)  # DatabaseError naming the log when there is none
         return cls(PredictionLog(target))
 
-    def frames(self) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    SAMPLED = PredictionLog.QUERY + " AND p.id IN (SELECT prediction_id FROM review_sample)"  # only the answers queued for review
+
+    def frames(self, whole_log: bool = False,  # every answer users got (to draw from); False: only those in the sample
+               ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, pd.DataFrame]:
         "(the answers users got, the queued sample, every reviewer answer, every report), read in one go."
         with self.log.transaction() as conn:
-            return (pd.read_sql(sa.text(PredictionLog.QUERY), conn),
+            return (pd.read_sql(sa.text(PredictionLog.QUERY if whole_log else self.SAMPLED), conn),
                     *(pd.read_sql(sa.select(table), conn) for table in (SAMPLE, LABELS, REPORTS)))
 
     def disagreed(self) -> set[str]:
@@ -238,7 +241,7 @@ class Review:
                **options,  # `draw_sample`'s `shares`, `double` and `seed`
                ) -> pd.DataFrame:
         "Draw a batch from the log and queue it (reported answers join it too); the queued rows."
-        served, queued, _, reports = self.frames()
+        served, queued, _, reports = self.frames(whole_log=True)
         if since is not None: served = served[served.time >= since]
         if served.empty: raise ReviewError(404, "the prediction log has no answers to review (in that time span): serve some traffic first")
         rows = draw_sample(served, n, queued, disagreed=self.disagreed(), reported=set(reports.prediction_id), **options)

@@ -191,7 +191,7 @@ def served(tmp_path_factory):
     home = tmp_path_factory.mktemp("serve") / "home"
     home.mkdir()
     variables = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "MWML_DATA_DIR", "IN_TEST")}
-    env = {**variables, "MWML_HOME": str(home), "MWML_API_TOKEN": "s3cret"}
+    env = {**variables, "MWML_HOME": str(home), "MWML_API_TOKEN": "s3cret", "MWML_REVIEW_TOKEN": "review-t0ken"}
     r = run_mwml("train", "--model", "baseline", env=env)
     assert r.returncode == 0, r.stderr
     run_id = r.stdout.split("MLflow run ")[1].split()[0]
@@ -306,6 +306,10 @@ def test_mwml_serve_on_ray_serve(served):
     try:
         wait_until_ready(server, base)
         assert_serves_the_champion(base, env)
+        # the review room's routes are in the replicas too (`mwml serve`'s setup hook), with the reviewer token they inherited
+        assert httpx.get(f"{base}/review", timeout=10).status_code == 401  # the sign-in page
+        reviewer = {"Authorization": "Bearer review-t0ken", "X-Mwml-Reviewer": "ann"}
+        assert httpx.get(f"{base}/review/next", headers=reviewer, timeout=10).json()["item"] is None  # nothing queued yet
 
         # both replicas answer before one is killed (/ready needs only one; the other may still be loading its model)
         wait_for_two_replicas(base)
