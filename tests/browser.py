@@ -9,6 +9,7 @@ import os
 import shutil
 import subprocess
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -112,6 +113,18 @@ def _sync_playwright():
     return sync_playwright
 
 
+@contextmanager
+def headless_chromium(chromium: str | None = None):
+    "Debian's chromium launched headless by playwright, closed on the way out (skips the test, naming what to install, if missing)."
+    sync_playwright, chromium = _sync_playwright(), chromium or chromium_path()
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium, headless=True)
+        try:
+            yield browser
+        finally:
+            browser.close()
+
+
 def _ms_left(deadline: float) -> float:
     "Milliseconds until `deadline` (at least 1: playwright reads 0 as no limit)."
     return max((deadline - time.monotonic()) * 1000, 1)
@@ -147,7 +160,6 @@ def open_report(
     html_path = Path(html_path).resolve()
     if not html_path.is_file():
         raise FileNotFoundError(f"no HTML report at {html_path}")
-    sync_playwright, chromium = _sync_playwright(), chromium or chromium_path()
     check, start = PageCheck(), time.monotonic()
     deadline = start + timeout
 
@@ -169,25 +181,21 @@ def open_report(
         if request.url not in check.failed_requests:
             check.failed_requests.append(request.url)
 
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=chromium, headless=True)
-        try:
-            context = browser.new_context(service_workers="block")
-            context.route("**/*", route)
-            context.route_web_socket("**/*", websocket)
-            page = context.new_page()
-            page.on("console", console)
-            page.on("pageerror", lambda e: check.page_errors.append(f"{e.name}: {e.message}"))
-            page.on("requestfailed", request_failed)
-            page.goto(html_path.as_uri(), wait_until="load", timeout=timeout * 1000)
-            check.chart_count = _settle(page, chart_selector, min_charts, deadline)
-            if expand and (handles := page.query_selector_all(expand)):
-                for handle in handles:
-                    handle.click(timeout=_ms_left(deadline))
-                check.chart_count = _settle(page, chart_selector, check.chart_count + 1, deadline)
-            check.title = page.title()
-        finally:
-            browser.close()
+    with headless_chromium(chromium) as browser:
+        context = browser.new_context(service_workers="block")
+        context.route("**/*", route)
+        context.route_web_socket("**/*", websocket)
+        page = context.new_page()
+        page.on("console", console)
+        page.on("pageerror", lambda e: check.page_errors.append(f"{e.name}: {e.message}"))
+        page.on("requestfailed", request_failed)
+        page.goto(html_path.as_uri(), wait_until="load", timeout=timeout * 1000)
+        check.chart_count = _settle(page, chart_selector, min_charts, deadline)
+        if expand and (handles := page.query_selector_all(expand)):
+            for handle in handles:
+                handle.click(timeout=_ms_left(deadline))
+            check.chart_count = _settle(page, chart_selector, check.chart_count + 1, deadline)
+        check.title = page.title()
     check.seconds = time.monotonic() - start
     log.info("opened %s in %.1f s: %d charts, %s", html_path.name, check.seconds, check.chart_count, "ok" if check.ok else check)
     return check

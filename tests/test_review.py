@@ -9,7 +9,7 @@ import sqlite3
 
 import httpx
 import pytest
-from browser import _sync_playwright, chromium_path
+from browser import headless_chromium
 from conftest import free_port, run_mwml, start_mwml, terminate, wait_until_ready
 
 from mwml.config import get_settings
@@ -60,44 +60,44 @@ def reviewer(name: str) -> dict:
 def test_a_reviewer_labels_five_items_with_the_keyboard(server):
     base, _, db = server
     outside, problems, answered = [], [], {}
-    with _sync_playwright()() as p:
-        browser = p.chromium.launch(executable_path=chromium_path(), headless=True)
-        try:
-            page = browser.new_context().new_page()
+    with headless_chromium() as browser:
+        page = browser.new_context().new_page()
 
-            def local_only(route):  # the page may reach its own server and nothing else
-                if route.request.url.startswith(base):
-                    return route.continue_()
-                outside.append(route.request.url)
-                route.abort("blockedbyclient")
+        def local_only(route):  # the page may reach its own server and nothing else
+            if route.request.url.startswith(base):
+                return route.continue_()
+            outside.append(route.request.url)
+            route.abort("blockedbyclient")
 
-            page.route("**/*", local_only)
-            first = page.goto(f"{base}/review")
-            assert first.status == 401 and page.locator("#signin").is_visible()  # without the token: the sign-in form, no item
-            assert page.locator("#item").count() == 0
-            page.fill("input[name=reviewer]", "ann")
-            page.fill("input[name=token]", "wrong")
-            page.click("button[type=submit]")
-            page.wait_for_selector("#error:not(:empty)")  # selectors, not wait_for_function: the page's CSP forbids eval
-            assert page.text_content("#error") == "wrong reviewer token"
-            page.fill("input[name=token]", REVIEWER_TOKEN)
-            page.click("button[type=submit]")
-            page.wait_for_selector('body[data-item]:not([data-item=""])')
-            page.on("console", lambda m: problems.append(m.text) if m.type == "error" else None)
-            page.on("pageerror", lambda e: problems.append(str(e)))
-            assert page.text_content("#who") == "signed in as ann"
+        page.route("**/*", local_only)
+        first = page.goto(f"{base}/review")
+        assert first.status == 401 and page.locator("#signin").is_visible()  # without the token: the sign-in form, no item
+        assert page.locator("#item").count() == 0
+        page.fill("input[name=reviewer]", "ann")
+        page.fill("input[name=token]", "wrong")
+        page.click("button[type=submit]")
+        page.wait_for_selector("#error:not(:empty)")  # selectors, not wait_for_function: the page's CSP forbids eval
+        assert page.text_content("#error") == "wrong reviewer token"
+        page.fill("input[name=token]", REVIEWER_TOKEN)
+        page.click("button[type=submit]")
+        page.wait_for_selector('body[data-item]:not([data-item=""])')
+        page.on("console", lambda m: problems.append(m.text) if m.type == "error" else None)
+        page.on("pageerror", lambda e: problems.append(str(e)))
+        assert page.text_content("#who") == "signed in as ann"
 
-            for key in ("Enter", "1", "2", "Enter", "4", "s"):  # five labels, then a skip
-                shown = page.evaluate("document.body.dataset.item")
-                model_tag, classes = (
-                    page.text_content("#model"),
-                    page.eval_on_selector_all("#tags button", "bs => bs.map(b => b.dataset.tag)"),
-                )
-                answered[shown] = {"Enter": model_tag, "s": None}.get(key) or (classes[int(key) - 1] if key.isdigit() else None)
-                page.keyboard.press(key)
-                page.wait_for_selector(f'body:not([data-item="{shown}"])')
-        finally:
-            browser.close()
+        for key in ("Enter", "1", "2", "Enter", "4", "s"):  # five labels, then a skip
+            shown = page.evaluate("document.body.dataset.item")
+            model_tag, classes = (
+                page.text_content("#model"),
+                page.eval_on_selector_all("#tags button", "bs => bs.map(b => b.dataset.tag)"),
+            )
+            # the page shows the model's answer as the log has it: its tag and each tag's probability
+            [(tag, probabilities)] = rows(db, "SELECT tag, probabilities FROM predictions WHERE id = ?", shown)
+            percents = page.eval_on_selector_all("#tags button", "bs => bs.map(b => parseFloat(b.lastChild.textContent))")
+            assert model_tag == tag and all(abs(p - 100 * json.loads(probabilities)[t]) <= 0.5 for p, t in zip(percents, classes))
+            answered[shown] = {"Enter": model_tag, "s": None}.get(key) or (classes[int(key) - 1] if key.isdigit() else None)
+            page.keyboard.press(key)
+            page.wait_for_selector(f'body:not([data-item="{shown}"])')
     assert not outside and not problems, (outside, problems)
 
     labels = dict(rows(db, "SELECT prediction_id, tag FROM review_labels WHERE reviewer = 'ann'"))
