@@ -7,7 +7,7 @@ __all__ = ['logger', 'PARTS', 'SAMPLE_COLUMNS', 'UNBIASED_PARTS', 'REVIEW_TABLES
            'REVIEWER_NAME', 'PAGE_STYLE', 'REVIEW_PAGE', 'SIGN_IN_PAGE', 'PAGE_HEADERS', 'margins', 'equal_quotas',
            'draw_sample', 'consensus', 'open_items', 'cohen_kappa', 'agreement', 'Estimate', 'wilson', 'estimates',
            'ReviewError', 'Review', 'review_status', 'export_reviewed', 'ReviewConfig', 'signed', 'reviewer_of',
-           'SignIn', 'Answer', 'Report', 'Reported', 'refused', 'add_review_routes', 'attach_review']
+           'SignIn', 'Answer', 'report_request_model', 'Reported', 'refused', 'add_review_routes', 'attach_review']
 
 # %% ../nbs/14_review.ipynb #1ccfd479
 import asyncio
@@ -20,7 +20,7 @@ import time
 import uuid
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 import numpy as np
 import pandas as pd
@@ -463,11 +463,15 @@ class Answer(BaseModel):
     id: str = Field(min_length=1, max_length=100, description="the prediction's id")
     tag: str | None = Field(None, max_length=100, description="the true tag; null: skip")
 
-class Report(BaseModel):
-    "A user's report that an answer is wrong."
-    model_config = ConfigDict(extra="forbid")
-    id: str = Field(min_length=1, max_length=100, description="the prediction's id, as /predict answered it")
-    tag: str | None = Field(None, max_length=100, description="the tag the user thinks is right, if they know")
+def report_request_model(tags: tuple[str, ...],  # the tags a user may name
+                         ) -> type[BaseModel]:
+    "The `/report` body schema: a prediction id and, if the user knows it, the right tag (the schema lists the tags)."
+    class Report(BaseModel):
+        "A user's report that an answer is wrong."
+        model_config = ConfigDict(extra="forbid")
+        id: str = Field(min_length=1, max_length=100, description="the prediction's id, as /predict answered it")
+        tag: Literal[tuple(tags)] | None = Field(None, description="the tag the user thinks is right, if they know")
+    return Report
 
 class Reported(BaseModel):
     "The answer to `/report`: the report was stored."
@@ -485,6 +489,7 @@ def add_review_routes(app: FastAPI,  # the API
     "`/review` (the page, behind the reviewer token), its JSON routes, and `POST /report` for users."
     config = config or ReviewConfig.from_env()
     review = Review(engine.log, tuple(engine.predictor.classes) if engine.predictor else TAGS)
+    Report = report_request_model(review.tags)
     def page(html: str, status: int = 200) -> HTMLResponse: return HTMLResponse(html, status, PAGE_HEADERS)
 
     @app.get("/review", response_class=HTMLResponse, include_in_schema=False)
@@ -520,7 +525,7 @@ def add_review_routes(app: FastAPI,  # the API
         reviewer_of(request, config)
         return await asyncio.to_thread(review_status, review)
 
-    @app.post("/report", status_code=201, response_model=Reported, responses=error_responses(401, 404, 413, 422, 429))
+    @app.post("/report", status_code=201, response_model=Reported, responses=error_responses(400, 401, 404, 413, 422, 429))
     async def report(body: Report, request: Request,
                      user: Annotated[str | None, Header(alias="X-Mwml-User", max_length=200,
                                                         description="the user's key, so reports are limited per user")] = None):

@@ -1,6 +1,7 @@
-"""Property-based fuzzing of the HTTP API against its own OpenAPI schema: schemathesis generates requests for every
-operation from the schema, valid ones and invalid ones, sends them to the app in-process (ASGI) and checks that no answer
-is a 5xx and that every answer (status, media type, body, headers) is one the schema declares."""
+"""Property-based fuzzing of the HTTP API (the review room's `/report` included) against its own OpenAPI schema:
+schemathesis generates requests for every operation from the schema, valid ones and invalid ones, sends them to the app
+in-process (ASGI) and checks that no answer is a 5xx and that every answer (status, media type, body, headers) is one the
+schema declares."""
 
 import pytest
 import schemathesis
@@ -9,6 +10,7 @@ from schemathesis import GenerationMode
 from schemathesis.config import SchemathesisConfig
 
 from mwml.models import Tagger, TaggerConfig
+from mwml.review import attach_review
 from mwml.serve import Engine, ServeConfig, build_app
 
 TOKEN = {"Authorization": "Bearer s3cret"}
@@ -18,19 +20,21 @@ CONFIG = {"checks": {"negative_data_rejection": {"expected-statuses": [400, 401,
 
 @pytest.fixture(scope="module")
 def schema(tmp_path_factory):
-    "The schema of an app with a token, a tiny random Tagger and small limits (so that the limits are reached)."
+    "The schema of an app as `mwml serve` builds it (the review room's routes too), with a token, a tiny random Tagger and small limits."
     folder = tmp_path_factory.mktemp("fuzz") / "tiny"
     Tagger.create(TaggerConfig(backbone="tiny")).save(folder)
     config = ServeConfig(
         model=str(folder), max_items=4, max_body_bytes=20_000, prediction_log=str(folder.parent / "log.db"), token="s3cret"
     )
-    app = build_app(Engine(config).load())
+    engine = Engine(config).load()
+    attach_review(engine)  # `POST /report` is in the schema; the review page's own routes are not (they are the page's)
+    app = build_app(engine)
     return schemathesis.openapi.from_asgi("/openapi.json", app, headers=TOKEN, config=SchemathesisConfig.from_dict(CONFIG))
 
 
 def test_the_schema_has_every_operation(schema):
     labels = {result.ok().label for result in schema.get_all_operations()}
-    assert labels == {"GET /health", "GET /ready", "GET /metrics", "GET /model", "POST /predict", "POST /feedback"}
+    assert labels == {"GET /health", "GET /ready", "GET /metrics", "GET /model", "POST /predict", "POST /feedback", "POST /report"}
 
 
 @pytest.mark.parametrize("mode", [GenerationMode.POSITIVE, GenerationMode.NEGATIVE])
