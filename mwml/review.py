@@ -34,7 +34,7 @@ from sqlalchemy.exc import IntegrityError
 
 from .config import MwmlError, env_setting
 from .data import TAGS
-from .serve import FEEDBACK, PREDICTIONS, Engine, PredictionLog, error_responses, is_logged, read_predictions, write_feedback
+from .serve import FEEDBACK, PREDICTIONS, Engine, PredictionLog, error_responses, existing_log, is_logged, write_feedback
 
 # %% ../nbs/14_review.ipynb #da5055dd
 logger = logging.getLogger(__name__)
@@ -217,7 +217,7 @@ class Review:
     def open(cls, target: Path | str,  # a prediction log: SQLite file or SQLAlchemy URL
              ) -> "Review":
         "The review room of an existing log (a mistyped path is an error, not a new empty log)."
-        read_predictions(target)  # DatabaseError naming the log when there is none
+        existing_log(target)  # DatabaseError naming the log when there is none
         return cls(PredictionLog(target))
 
     SAMPLED = PredictionLog.QUERY + " AND p.id IN (SELECT prediction_id FROM review_sample)"  # only the answers queued for review

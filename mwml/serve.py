@@ -5,16 +5,16 @@
 # %% auto #0
 __all__ = ['logger', 'INGRESSES', 'LOG_TABLES', 'PREDICTIONS', 'FEEDBACK', 'SHADOW_BACKLOG', 'SHADOW_FLUSH_S', 'ERRORS',
            'OPEN_PATHS', 'Supervisor', 'METRICS_NAMESPACE', 'LOCAL_HOSTS', 'ServeConfig', 'add_missing_columns',
-           'replace_row', 'is_logged', 'write_feedback', 'PredictionLog', 'read_predictions', 'shown_log', 'Route',
-           'log_row', 'MicroBatcher', 'pinned_ref', 'ShadowPool', 'ModelFailure', 'loggable', 'Engine', 'Item',
-           'predict_request_model', 'feedback_request_model', 'Problem', 'Problems', 'ServerError', 'error_responses',
-           'Prediction', 'Predictions', 'ModelInfo', 'Health', 'Ready', 'Recorded', 'auth_refusal', 'read_limited',
-           'body_refusal', 'internal_error', 'add_guard', 'validation_problems', 'add_validation_answers',
-           'add_probe_routes', 'holdout_metrics', 'add_model_routes', 'declare_bearer_auth', 'build_app',
-           'reload_on_sighup', 'supervised', 'serve_uvicorn', 'live_metrics', 'merge_metrics', 'share_metrics',
-           'log_to_replica_file', 'replica_app', 'reload_replica', 'serve_deployment', 'model_deployment',
-           'ModelNotDeployed', 'handle_loop', 'DeployedModel', 'AppArgs', 'app', 'free_port', 'ray_serve_env',
-           'serve_ray', 'run_server']
+           'replace_row', 'is_logged', 'write_feedback', 'PredictionLog', 'existing_log', 'read_predictions',
+           'shown_log', 'Route', 'log_row', 'MicroBatcher', 'pinned_ref', 'ShadowPool', 'ModelFailure', 'loggable',
+           'Engine', 'Item', 'predict_request_model', 'feedback_request_model', 'Problem', 'Problems', 'ServerError',
+           'error_responses', 'Prediction', 'Predictions', 'ModelInfo', 'Health', 'Ready', 'Recorded', 'auth_refusal',
+           'read_limited', 'body_refusal', 'internal_error', 'add_guard', 'validation_problems',
+           'add_validation_answers', 'add_probe_routes', 'holdout_metrics', 'add_model_routes', 'declare_bearer_auth',
+           'build_app', 'reload_on_sighup', 'supervised', 'serve_uvicorn', 'live_metrics', 'merge_metrics',
+           'share_metrics', 'log_to_replica_file', 'replica_app', 'reload_replica', 'serve_deployment',
+           'model_deployment', 'ModelNotDeployed', 'handle_loop', 'DeployedModel', 'AppArgs', 'app', 'free_port',
+           'ray_serve_env', 'serve_ray', 'run_server']
 
 # %% ../nbs/11_serve.ipynb #56275478
 import asyncio
@@ -191,13 +191,19 @@ class PredictionLog:
         self.engine.dispose()
 
 # %% ../nbs/11_serve.ipynb #708d62f8
+def existing_log(target: Path | str,  # a prediction log: SQLite file or SQLAlchemy URL
+                 ) -> sa.URL:
+    "The log's URL; a `DatabaseError` when it names a SQLite file that does not exist (a mistyped path, not an empty log)."
+    url = database_url(target)
+    if url.get_backend_name() == "sqlite" and not Path(url.database or "").is_file():
+        raise DatabaseError(f"no prediction log at {url.database}: `mwml serve` writes one as it answers; point --log at another file")
+    return url
+
 def read_predictions(target: Path | str,  # a prediction log: SQLite file or SQLAlchemy URL
                      ) -> pd.DataFrame:
     "Every prediction with its feedback tag, read without creating or changing anything (for `mwml monitor`)."
-    url = database_url(target)
+    url = existing_log(target)
     shown = url.database if url.get_backend_name() == "sqlite" else url.render_as_string(hide_password=True)
-    if url.get_backend_name() == "sqlite" and not Path(url.database or "").is_file():
-        raise DatabaseError(f"no prediction log at {shown}: `mwml serve` writes one as it answers; point --log at another file")
     engine = open_database(url, read_only=True)
     try:
         with connected(engine, begin=False) as conn:  # can't connect: DatabaseError naming the server
