@@ -88,6 +88,7 @@ def test_postgres_and_sqlite_agree(fresh_postgres_url, tmp_path):
 
 
 ROLLOUT_COLUMNS = ["arm", "rollout_id", "shadow_of", "error"]  # added by the roll-out issue; empty without a roll-out
+FEEDBACK_COLUMNS = ["source", "reviewer"]  # added by the review issue: who gave the true tag (`api` or `review`, and the reviewer)
 
 
 def test_same_answers_as_the_old_sqlite_log(tmp_path):
@@ -100,10 +101,12 @@ def test_same_answers_as_the_old_sqlite_log(tmp_path):
             return {t: [(c[1], c[2], c[5]) for c in db.execute(f"PRAGMA table_info({t})")] for t in ("predictions", "feedback")}
 
     before, after = columns(tmp_path / "old.db"), columns(tmp_path / "new.db")
-    assert after["feedback"] == before["feedback"] and after["predictions"][: len(before["predictions"])] == before["predictions"]
-    assert [c[0] for c in after["predictions"][len(before["predictions"]) :]] == ROLLOUT_COLUMNS  # the old ones as before, then these
+    for table, added in (("predictions", ROLLOUT_COLUMNS), ("feedback", FEEDBACK_COLUMNS)):
+        assert after[table][: len(before[table])] == before[table]  # the old columns as they were
+        assert [c[0] for c in after[table][len(before[table]) :]] == added  # then the new ones
     with sqlite3.connect(tmp_path / "new.db") as db:
         assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        assert db.execute("SELECT DISTINCT source FROM feedback").fetchall() == [("api",)]  # a client's POST /feedback
 
 
 def test_old_log_files_still_open(tmp_path):
