@@ -4,10 +4,11 @@
 
 # %% auto #0
 __all__ = ['logger', 'PARTS', 'SAMPLE_COLUMNS', 'UNBIASED_PARTS', 'REVIEW_TABLES', 'SAMPLE', 'LABELS', 'REPORTS', 'COOKIE',
-           'REVIEWER_NAME', 'PAGE_STYLE', 'REVIEW_PAGE', 'SIGN_IN_PAGE', 'PAGE_HEADERS', 'margins', 'equal_quotas',
-           'draw_sample', 'consensus', 'open_items', 'cohen_kappa', 'agreement', 'Estimate', 'wilson', 'estimates',
-           'ReviewError', 'Review', 'review_status', 'export_reviewed', 'ReviewConfig', 'signed', 'reviewer_of',
-           'SignIn', 'Answer', 'report_request_model', 'Reported', 'refused', 'add_review_routes', 'attach_review']
+           'PAGE_OFF', 'REVIEWER_NAME', 'PAGE_STYLE', 'REVIEW_PAGE', 'SIGN_IN_PAGE', 'PAGE_HEADERS', 'margins',
+           'equal_quotas', 'draw_sample', 'consensus', 'open_items', 'cohen_kappa', 'agreement', 'Estimate', 'wilson',
+           'estimates', 'ReviewError', 'Review', 'review_status', 'export_reviewed', 'ReviewConfig', 'signed',
+           'reviewer_of', 'SignIn', 'Answer', 'report_request_model', 'Reported', 'refused', 'add_review_routes',
+           'attach_review']
 
 # %% ../nbs/14_review.ipynb #1ccfd479
 import asyncio
@@ -15,6 +16,7 @@ import hashlib
 import hmac
 import json
 import logging
+import os
 import re
 import time
 import uuid
@@ -263,13 +265,18 @@ class Review:
                 "probabilities": json.loads(row.probabilities), "parts": sorted(sample.part[sample.prediction_id == queue[0]]),
                 "classes": list(self.tags)}, len(queue)
 
+    def check_tag(self, tag: str | None,  # a tag a reviewer or a user gave; None: none given
+                  ):
+        "Refuse (422) a tag the model does not know."
+        if tag is not None and tag not in self.tags:
+            raise ReviewError(422, f"tag {tag!r} is not a tag: expected one of {', '.join(self.tags)}")
+
     def label(self, prediction_id: str,  # the answer reviewed
               reviewer: str,  # who reviewed it
               tag: str | None,  # the true tag; None: skipped
               ) -> str | None:
         "Record one reviewer's answer and, once reviewers agree, the item's feedback (source `review`); the agreed tag or None."
-        if tag is not None and tag not in self.tags:
-            raise ReviewError(422, f"tag {tag!r} is not a tag: expected one of {', '.join(self.tags)}")
+        self.check_tag(tag)
         with self.log.transaction() as conn:
             if not is_logged(conn, prediction_id): raise ReviewError(404, f"no prediction with id {prediction_id!r}")
             if conn.execute(sa.select(SAMPLE.c.part).where(SAMPLE.c.prediction_id == prediction_id)).first() is None:
@@ -291,8 +298,7 @@ class Review:
                per_minute: int = 10,  # reports one client may send in a minute
                ) -> str:
         "Keep a user's report apart from reviewers' labels; its id. Refused when the client sent `per_minute` in the last minute."
-        if tag is not None and tag not in self.tags:
-            raise ReviewError(422, f"tag {tag!r} is not a tag: expected one of {', '.join(self.tags)}")
+        self.check_tag(tag)
         with self.log.transaction() as conn:
             if not is_logged(conn, prediction_id): raise ReviewError(404, f"no prediction with id {prediction_id!r}")
             now = time.time()
@@ -336,6 +342,7 @@ def export_reviewed(review: Review,  # the review room
 
 # %% ../nbs/14_review.ipynb #56dbc377
 COOKIE = "mwml_reviewer"
+PAGE_OFF = "the review page is off: start the server with MWML_REVIEW_TOKEN set"
 REVIEWER_NAME = re.compile(r"^[A-Za-z0-9._@-]{1,64}$")
 
 @dataclass
@@ -349,7 +356,6 @@ class ReviewConfig:
     @classmethod
     def from_env(cls, env: dict | None = None) -> "ReviewConfig":
         "The settings from the environment (a server's replicas inherit it)."
-        import os
         env = os.environ if env is None else env
         return cls(env.get("MWML_REVIEW_TOKEN") or None,
                    env_setting(env, "MWML_REVIEW_REPORTS_PER_MINUTE", cls.reports_per_minute, int, minimum=1))
@@ -364,7 +370,7 @@ def reviewer_of(request: Request,  # the request
                 config: ReviewConfig,  # the reviewer token
                 ) -> str:
     "The signed-in reviewer's name; an HTTPException when the page is off (403) or the request has no valid credentials (401)."
-    if not config.token: raise HTTPException(403, "the review page is off: start the server with MWML_REVIEW_TOKEN set")
+    if not config.token: raise HTTPException(403, PAGE_OFF)
     name = request.cookies.get(COOKIE, "").rpartition(".")[0]
     if name and hmac.compare_digest(signed(name, config.token), request.cookies[COOKIE]): return name
     name, authorization = request.headers.get("x-mwml-reviewer", ""), request.headers.get("authorization", "")
@@ -501,7 +507,7 @@ def add_review_routes(app: FastAPI,  # the API
 
     @app.post("/review/login", include_in_schema=False)
     def sign_in(body: SignIn):
-        if not config.token: raise HTTPException(403, "the review page is off: start the server with MWML_REVIEW_TOKEN set")
+        if not config.token: raise HTTPException(403, PAGE_OFF)
         if not hmac.compare_digest(body.token.encode(), config.token.encode()): raise HTTPException(401, "wrong reviewer token")
         answer = JSONResponse({"reviewer": body.reviewer})
         answer.set_cookie(COOKIE, signed(body.reviewer, config.token), httponly=True, samesite="strict", path="/review")
@@ -537,7 +543,8 @@ def add_review_routes(app: FastAPI,  # the API
 
 # %% ../nbs/14_review.ipynb #2f74d875
 def attach_review(engine: Engine,  # one copy of the API's engine
+                  config: ReviewConfig | None = None,  # default `ReviewConfig.from_env()`, read when the app is built
                   ):
     "Add the review page and `/report` to the app built around `engine`."
     engine.own_auth += ("/review",)
-    engine.extensions.append(add_review_routes)
+    engine.extensions.append(lambda app, engine: add_review_routes(app, engine, config))
