@@ -14,7 +14,7 @@ export MWML_DATA_MIRROR := $(SHARED_MIRROR)
 endif
 endif
 
-.PHONY: help setup run serve monitor test sync-check lint format bench bench-train bench-tune bench-evaluate bench-serve bench-monitor bench-optimize bench-scale bench-rollout bench-footprint docs readme lab clean
+.PHONY: help setup run serve monitor test test-full sync-check lint format bench bench-train bench-tune bench-evaluate bench-serve bench-monitor bench-optimize bench-scale bench-rollout bench-footprint docs readme lab clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-11s %s\n", $$1, $$2}'
@@ -38,9 +38,17 @@ serve: setup ## the HTTP API for the registry's champion on 127.0.0.1:8000 (uvic
 monitor: setup ## check the served champion's prediction log for drift: report in reports/, exit 4 on an alert (WINDOW=200)
 	$(BIN)/mwml monitor --window $(or $(WINDOW),200)
 
-test: setup sync-check ## sync checks, notebook tests (nbdev_test), then pytest
-	HF_HUB_DISABLE_PROGRESS_BARS=1 $(BIN)/nbdev_test --n_workers 2 --timing
-	$(BIN)/python -m pytest tests
+# pytest on both cores: a module whose tests share fixtures stays on one worker, the Ray modules share one (tests/conftest.py)
+PYTEST := $(BIN)/python -m pytest tests -n 2 --dist loadgroup
+NBDEV_TEST := HF_HUB_DISABLE_PROGRESS_BARS=1 $(BIN)/nbdev_test --n_workers 2 --timing
+
+test: setup sync-check ## the quick tier (minutes): sync checks, the notebooks' examples, every real part once, each room's happy path and bad input
+	$(NBDEV_TEST)
+	$(PYTEST) -m "not full"
+
+test-full: setup sync-check ## everything (what CI runs): the quick tier plus the notebooks' `#| slow` cells and the long proofs
+	$(NBDEV_TEST) --flags slow
+	$(PYTEST)
 
 sync-check: setup ## notebooks clean, library and README in sync with the notebooks
 	$(BIN)/python tools/check_sync.py
@@ -77,7 +85,7 @@ bench-scale: setup ## Ray Serve's batching (serve.batch vs MicroBatcher), serve 
 bench-rollout: setup ## canary rollback of bad candidates, A/A false positives under peeking, SRM, bandit regret, on streams of real baseline answers (about 3 min)
 	$(BIN)/python benchmarks/rollout.py
 
-bench-footprint: setup ## venv size; make setup and make test on a fresh clone, timed
+bench-footprint: setup ## venv size; on a fresh clone: make setup, make test, then .ci/run 3 times and once beside a CPU burner, timed (about 2 h)
 	$(BIN)/python benchmarks/footprint.py
 
 bench-tune: setup ## a 12-trial MiniLM search on 300 rows, then default vs best config on holdout (about 15 min on 2 cores)

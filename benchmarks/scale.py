@@ -31,7 +31,7 @@ from serve import BIN, PUSH_S, free_port, load, loadavg, start, stop
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "tests"))
-from conftest import running_mlflow_server  # noqa: E402  (the tests' tracking server: a cluster refuses a SQLite store)
+from helpers import running_mlflow_server  # noqa: E402  (the tests' tracking server: a cluster refuses a SQLite store)
 from ray_cluster import start_cluster  # noqa: E402  (the same cluster the tests start)
 
 CONCURRENCY = 32

@@ -29,10 +29,10 @@ from .config import MwmlError, atomic_write, find_project_root, get_settings, se
 from .data import SOURCES, fetch, load, read_projects, split, validate
 
 # %% auto #0
-__all__ = ['logger', 'EXIT_ERROR', 'EXIT_USAGE', 'EXIT_REFUSED', 'EXIT_ALERT', 'EXIT_BUG', 'app', 'data_app', 'TRAIN_HELP',
-           'DEVICE_HELP', 'MODEL_HELP', 'JsonFlag', 'LogOption', 'rollout_app', 'review_app', 'handle_errors',
-           'main_options', 'data_fetch', 'data_validate', 'data_split', 'ModelKind', 'field_help', 'use_device',
-           'tagger_config', 'train', 'tune', 'echo_json', 'evaluate', 'register', 'promote', 'leaderboard', 'optimize',
+__all__ = ['logger', 'EXIT_ERROR', 'EXIT_USAGE', 'EXIT_REFUSED', 'EXIT_ALERT', 'EXIT_BUG', 'app', 'data_app', 'JsonFlag',
+           'TRAIN_HELP', 'DEVICE_HELP', 'MODEL_HELP', 'LogOption', 'rollout_app', 'review_app', 'handle_errors',
+           'main_options', 'echo_json', 'data_fetch', 'data_validate', 'data_split', 'ModelKind', 'field_help',
+           'use_device', 'tagger_config', 'train', 'tune', 'evaluate', 'register', 'promote', 'leaderboard', 'optimize',
            'test_model', 'predict', 'predict_file', 'set_up_copy', 'serve', 'OnAlert', 'monitor', 'reference',
            'parse_parameter_args', 'report', 'check_data', 'train_models', 'assess_models', 'register_and_gate',
            'pipeline', 'parse_seconds', 'parse_steps', 'rollout_start', 'rollout_status_command', 'rollout_promote',
@@ -77,6 +77,14 @@ def main_options(debug: Annotated[bool, typer.Option("--debug", help="show full 
     "mwml tags ML projects as natural-language-processing, computer-vision, mlops or other."
     if debug: os.environ["MWML_DEBUG"] = "1"
     with handle_errors(): setup_logging(settings=get_settings())
+
+# %% ../nbs/16_cli.ipynb #7d2c9e40
+JsonFlag = Annotated[bool, typer.Option("--json", help="print the result as one JSON document on stdout (logs go to stderr)")]
+
+
+def echo_json(value):
+    "Print `value` as JSON for scripts (numpy numbers and paths included)."
+    typer.echo(json.dumps(value, indent=2, default=lambda v: v.item() if hasattr(v, "item") else str(v)))
 
 # %% ../nbs/16_cli.ipynb #4a0f86b9
 @data_app.command("fetch")
@@ -165,6 +173,29 @@ def tagger_config(config_file: Path | None = None,  # JSON file of `TrainConfig`
     base = asdict(TrainConfig.from_file(config_file)) if config_file else {}
     return TrainConfig.from_dict({**base, **{k: v for k, v in overrides.items() if v is not None}})
 
+# %% ../nbs/16_cli.ipynb #a41c6d2e
+def _train(model: ModelKind,  # which model
+           config: Path | None,  # tagger: JSON file of training config fields
+           options: dict,  # tagger: the config fields given on the command line (None: not given)
+           num_workers: int,  # tagger: Ray Train workers; 1 trains in-process
+           use_gpu: bool,  # tagger: one GPU per Ray Train worker
+           resume: str | None,  # tagger: the MLflow run to continue
+           c: float,  # baseline: inverse regularisation strength
+           output: Path | None,  # also save the model here
+           settings,  # the run's settings
+           ):
+    "Train the baseline or the tagger (in-process, resumed, or on Ray Train) as `mwml train` was asked; the training result."
+    if model == ModelKind.baseline:
+        from mwml.baseline import BaselineConfig, train_baseline
+        val_size = 0.2 if options["val_size"] is None else options["val_size"]
+        return train_baseline(BaselineConfig(C=c, seed=options["seed"]), val_size, output, settings)
+    from mwml.train import train as train_tagger
+    from mwml.train import train_distributed
+    cfg = tagger_config(config, **options)
+    if resume: return train_tagger(output=output, resume=resume, settings=settings)
+    if num_workers > 1 or use_gpu: return train_distributed(cfg, num_workers, use_gpu, output, settings)
+    return train_tagger(cfg, output, settings=settings)
+
 # %% ../nbs/16_cli.ipynb #7c12f4e5
 @app.command()
 def train(model: Annotated[ModelKind, typer.Option(help="which model to train")] = ModelKind.tagger,
@@ -182,26 +213,22 @@ def train(model: Annotated[ModelKind, typer.Option(help="which model to train")]
           c: Annotated[float, typer.Option("--C", help="baseline: inverse regularisation strength")] = 1.0,
           val_size: Annotated[float | None, typer.Option(help=TRAIN_HELP["val_size"])] = None,
           seed: Annotated[int | None, typer.Option(help=TRAIN_HELP["seed"], envvar="MWML_SEED", show_envvar=True)] = None,
-          output: Annotated[Path | None, typer.Option(help="also save the trained model to this folder")] = None):
+          output: Annotated[Path | None, typer.Option(help="also save the trained model to this folder")] = None,
+          as_json: JsonFlag = False):
     "Train on dataset.csv, print validation and holdout.csv scores, and track the run in MLflow."
     with handle_errors():
         s = get_settings()
         use_device(device)
         seed = s.seed if seed is None else seed
-        if model == ModelKind.baseline:
-            from mwml.baseline import BaselineConfig, train_baseline
-            result = train_baseline(BaselineConfig(C=c, seed=seed), 0.2 if val_size is None else val_size, output, s)
-        else:
-            from mwml.train import train as train_tagger
-            from mwml.train import train_distributed
-            cfg = tagger_config(config, backbone=backbone, epochs=epochs, lr=lr, batch_size=batch_size,
-                                sample_size=sample_size, val_size=val_size, seed=seed, device=device)
-            if resume: result = train_tagger(output=output, resume=resume, settings=s)
-            elif num_workers > 1 or use_gpu: result = train_distributed(cfg, num_workers, use_gpu, output, s)
-            else: result = train_tagger(cfg, output, settings=s)
+        with redirect_stdout(sys.stderr if as_json else sys.stdout):  # fastai's progress must not break the JSON
+            result = _train(model, config, dict(backbone=backbone, epochs=epochs, lr=lr, batch_size=batch_size, sample_size=sample_size,
+                                                val_size=val_size, seed=seed, device=device), num_workers, use_gpu, resume, c, output, s)
+        if as_json: return echo_json({"run_id": result.run_id, "tracking_uri": result.tracking_uri, "scores": result.scores,
+                                      "output": str(output) if output else None})
         _echo_scores(result.scores)
         _echo_run(result.run_id, result.tracking_uri)
         if output: typer.echo(f"model saved to {output}")
+
 
 # %% ../nbs/16_cli.ipynb #457b44b7
 @app.command()
@@ -238,12 +265,6 @@ def tune(num_samples: Annotated[int, typer.Option(help="trials")] = 12,
 
 # %% ../nbs/16_cli.ipynb #9e1f8947
 MODEL_HELP = "a folder, an MLflow run id, a registry alias (champion, challenger, name@alias) or a version number"
-JsonFlag = Annotated[bool, typer.Option("--json", help="print the result as one JSON document on stdout (logs go to stderr)")]
-
-
-def echo_json(value):
-    "Print `value` as JSON for scripts (numpy numbers and paths included)."
-    typer.echo(json.dumps(value, indent=2, default=lambda v: v.item() if hasattr(v, "item") else str(v)))
 
 # %% ../nbs/16_cli.ipynb #10098898
 def _interval(v: dict) -> str: return f"{v['value']:.3f} ({v['low']:.3f}-{v['high']:.3f})"
@@ -278,11 +299,13 @@ def evaluate(model: Annotated[str, typer.Option(help=MODEL_HELP)] = "champion",
 # %% ../nbs/16_cli.ipynb #b6bd81a6
 @app.command()
 def register(run_id: Annotated[str, typer.Argument(help="the MLflow run whose model to register")],
-             alias: Annotated[str, typer.Option(help="alias the new version gets")] = "challenger"):
+             alias: Annotated[str, typer.Option(help="alias the new version gets")] = "challenger",
+             as_json: JsonFlag = False):
     "Register a run's model as a new version of the registered model (as an MLflow pyfunc)."
     from mwml.registry import register as register_run
     with handle_errors():
         mv = register_run(run_id, alias)
+        if as_json: return echo_json({"name": mv.name, "version": str(mv.version), "alias": alias, "run_id": run_id})
         typer.echo(f"registered {mv.name} version {mv.version} (alias {alias}) from run {run_id}")
 
 # %% ../nbs/16_cli.ipynb #2bec0782

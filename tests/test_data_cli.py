@@ -4,11 +4,10 @@ import shutil
 import socket
 import subprocess
 import sys
-import threading
 
 import pandas as pd
 import pytest
-from conftest import free_port, raw_dir, run_mwml, snapshot
+from helpers import answers, free_port, invoke, raw_dir, run_mwml, snapshot, wait_for
 
 from mwml.data import SOURCES, sha256_bytes
 
@@ -33,7 +32,7 @@ def test_tampered_mirror_is_refused_and_cache_untouched(env, good_files, tmp_pat
     shutil.copy(good_files / "holdout.csv", raw_dir(env) / "holdout.csv")
     before = snapshot(raw_dir(env))
 
-    r = run_mwml("data", "fetch", "dataset", env={**env, "MWML_DATA_MIRROR": str(mirror)})
+    r = invoke("data", "fetch", "dataset", env={**env, "MWML_DATA_MIRROR": str(mirror)})
     assert r.returncode != 0
     assert SOURCES["dataset"].sha256 in r.stderr, r.stderr  # expected
     assert sha256_bytes(bytes(data)) in r.stderr, r.stderr  # actual
@@ -43,7 +42,7 @@ def test_tampered_mirror_is_refused_and_cache_untouched(env, good_files, tmp_pat
     # a good cached copy survives a forced re-fetch from the bad mirror
     shutil.copy(good_files / "dataset.csv", raw_dir(env) / "dataset.csv")
     before = snapshot(raw_dir(env))
-    r = run_mwml("data", "fetch", "dataset", "--force", env={**env, "MWML_DATA_MIRROR": str(mirror)})
+    r = invoke("data", "fetch", "dataset", "--force", env={**env, "MWML_DATA_MIRROR": str(mirror)})
     assert r.returncode != 0 and snapshot(raw_dir(env)) == before
 
 
@@ -53,14 +52,10 @@ def test_fetch_over_http_from_a_url_mirror(env, good_files):
         [sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1", "--directory", str(good_files)],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
+        text=True,
     )
     try:
-        for _ in range(100):
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-                break
-            except OSError:
-                threading.Event().wait(0.1)
+        wait_for(lambda: answers(f"http://127.0.0.1:{port}/tags.csv"), "the mirror's HTTP server answers", 60, every=0.1, process=server)
         r = run_mwml("data", "fetch", "holdout", "tags", env={**env, "MWML_DATA_MIRROR": f"http://127.0.0.1:{port}/"})
     finally:
         server.terminate()
@@ -71,7 +66,7 @@ def test_fetch_over_http_from_a_url_mirror(env, good_files):
 
 def test_offline_fetch_fails_with_a_hint(env):
     closed = f"http://127.0.0.1:{free_port()}/"  # nothing listens: like a machine without a network
-    r = run_mwml("data", "fetch", "holdout", env={**env, "MWML_DATA_MIRROR": closed}, timeout=60)
+    r = invoke("data", "fetch", "holdout", env={**env, "MWML_DATA_MIRROR": closed})
     assert r.returncode == 1
     assert "cannot download" in r.stderr and "MWML_DATA_MIRROR" in r.stderr
     assert snapshot(raw_dir(env)) == {}
@@ -83,7 +78,7 @@ def test_a_silent_server_times_out_instead_of_hanging(env):
     listener.listen()  # accepts connections, never answers
     try:
         url = f"http://127.0.0.1:{listener.getsockname()[1]}/"
-        r = run_mwml("data", "fetch", "holdout", env={**env, "MWML_DATA_MIRROR": url, "MWML_HTTP_TIMEOUT": "1"}, timeout=60)
+        r = invoke("data", "fetch", "holdout", env={**env, "MWML_DATA_MIRROR": url, "MWML_HTTP_TIMEOUT": "1"})
     finally:
         listener.close()
     assert r.returncode == 1
@@ -91,7 +86,7 @@ def test_a_silent_server_times_out_instead_of_hanging(env):
 
 
 def test_unknown_file_name(env):
-    r = run_mwml("data", "fetch", "weights", env=env)
+    r = invoke("data", "fetch", "weights", env=env)
     assert r.returncode == 1 and "unknown data file 'weights'" in r.stderr
 
 
@@ -107,7 +102,7 @@ def bad_csv(tmp_path, good_files):
 
 
 def test_validate_lists_every_problem(env, bad_csv):
-    r = run_mwml("data", "validate", bad_csv, env=env)
+    r = invoke("data", "validate", bad_csv, env=env)
     assert r.returncode == 1
     assert "breaks 3 rule(s)" in r.stderr, r.stderr
     assert "missing column 'description'" in r.stderr
@@ -117,18 +112,18 @@ def test_validate_lists_every_problem(env, bad_csv):
 
 def test_validate_accepts_the_real_files(env, good_files):
     for name in ("dataset.csv", "holdout.csv"):
-        r = run_mwml("data", "validate", good_files / name, env=env)
+        r = invoke("data", "validate", good_files / name, env=env)
         assert r.returncode == 0 and "meets the data contract" in r.stdout, r.stderr
     r = run_mwml("data", "validate", "--unlabelled", good_files / "projects.csv", env=env)
     assert r.returncode == 0, r.stderr
 
 
 def test_validate_unreadable_input(env, tmp_path):
-    r = run_mwml("data", "validate", tmp_path / "missing.csv", env=env)
+    r = invoke("data", "validate", tmp_path / "missing.csv", env=env)
     assert r.returncode == 1 and "no such file" in r.stderr
     binary = tmp_path / "binary.csv"
     binary.write_bytes(b"\xff\xfe\x00\x81" * 100)
-    r = run_mwml("data", "validate", binary, env=env)
+    r = invoke("data", "validate", binary, env=env)
     assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr
 
 

@@ -4,7 +4,7 @@ import subprocess
 import sys
 from html.parser import HTMLParser
 
-from conftest import ROOT
+from helpers import ROOT
 
 
 class Links(HTMLParser):

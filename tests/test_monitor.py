@@ -3,7 +3,6 @@ off-domain traffic over real HTTP; `mwml monitor` reading the server's predictio
 a local HTTP server, the Evidently page opened in headless Chromium, the MLflow metrics, and `--on-alert retrain`."""
 
 import json
-import os
 import threading
 from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, HTTPServer
@@ -14,13 +13,12 @@ import mlflow
 import pandas as pd
 import pytest
 from browser import EVIDENTLY_DETAILS, chromium_path, open_report
-from conftest import ROOT, free_port, interrupt, run_mwml, start_mwml
-from test_serve import TOKEN, wait_until_ready
+from helpers import ROOT, interrupt, mwml_env, register, run_mwml, serve, train, write_tiny_config
 
 from mwml.config import get_settings
 from mwml.data import load
 
-TINY = {"backbone": "tiny", "epochs": 1, "lr": 0.01, "batch_size": 16, "max_length": 64, "sample_size": 400}
+TOKEN = {"Authorization": "Bearer s3cret"}
 OFF_DOMAIN = ROOT / "benchmarks" / "offdomain.csv"  # hand-written projects that are not about machine learning
 
 
@@ -31,28 +29,18 @@ def now() -> str:
 @pytest.fixture(scope="module")
 def served(tmp_path_factory, good_files):
     "A tiny Tagger trained and registered as champion in a fresh MWML_HOME, served by `mwml serve` on 127.0.0.1."
-    home = tmp_path_factory.mktemp("monitor") / "home"
-    home.mkdir()
-    variables = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "MWML_DATA_DIR", "IN_TEST", "MWML_DEBUG")}
-    env = {**variables, "MWML_HOME": str(home), "MWML_DATA_MIRROR": str(good_files), "MWML_API_TOKEN": "s3cret"}
-    (home / "tiny.json").write_text(json.dumps(TINY))
-    r = run_mwml("train", "--config", home / "tiny.json", env=env)
-    assert r.returncode == 0, r.stderr
-    run_id = r.stdout.split("MLflow run ")[1].split()[0]
-    r = run_mwml("register", run_id, env=env)
-    assert r.returncode == 0, r.stderr
+    env = mwml_env(tmp_path_factory.mktemp("monitor") / "home", good_files, MWML_API_TOKEN="s3cret")
+    version = register(env, train(env, "--config", write_tiny_config(get_settings(env).home, sample_size=400)))
     s = get_settings(env)
     registry = mlflow.MlflowClient(s.tracking_uri)
-    version = registry.get_model_version_by_alias(s.model_name, "challenger")
+    version = registry.get_model_version(s.model_name, version)
     assert version.tags["reference"] == "true"  # registration stored the reference profile
     registry.set_registered_model_alias(s.model_name, "champion", version.version)
-    base = f"http://127.0.0.1:{free_port()}"
-    server = start_mwml("serve", "--port", base.rsplit(":", 1)[1], env=env)
+    server, base = serve(env)
     try:
-        wait_until_ready(server, base)
         yield env, base, version
     finally:
-        interrupt(server, every=30)  # once: shutting down (uvicorn, then the interpreter with torch) can take several seconds
+        interrupt(server)  # Ctrl+C once: shutting down (uvicorn, then the interpreter with torch) can take several seconds
 
 
 def send(base: str, projects: pd.DataFrame, feedback: str | None = None) -> list[str]:

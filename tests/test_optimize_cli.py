@@ -3,7 +3,6 @@ and gated once for the module; then each variant answers as its parent through `
 Ray Data) and `mwml serve` on 127.0.0.1, and what cannot be optimised or loaded is refused."""
 
 import json
-import os
 import signal
 
 import httpx
@@ -11,40 +10,28 @@ import mlflow
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import free_port, run_mwml, start_mwml, terminate, wait_until_ready
+from helpers import invoke, mwml_json, register, run_mwml, serve, terminate, train, write_tiny_config
 
 from mwml.config import get_settings
 from mwml.data import load
 from mwml.models import ONNX_FILE, Tagger
 
 TOKEN = {"Authorization": "Bearer s3cret"}
-# lr 1e-2 on 240 rows: a random 2-layer BERT that after one epoch predicts more than one tag (lower rates predict `other` only)
-TINY = {"backbone": "tiny", "epochs": 1, "lr": 0.01, "batch_size": 16, "max_length": 64, "sample_size": 240}
 PROJECTS = [("BERT for sentiment", "Classify the sentiment of tweets with a fine-tuned language model.")]  # predict-file covers 40 more
 
 
 @pytest.fixture(scope="module")
-def env_module(tmp_path_factory, good_files) -> dict:
-    "One MWML_HOME for the module, its data from the session's verified copy (as conftest's `env`), and an API token."
-    home = tmp_path_factory.mktemp("home")
-    variables = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "MWML_DATA_DIR", "IN_TEST", "MWML_DEBUG")}
-    return {**variables, "MWML_HOME": str(home), "MWML_DATA_MIRROR": str(good_files), "MWML_API_TOKEN": "s3cret"}
+def env_module(env_module) -> dict:
+    "The module's MWML_HOME (conftest's), with an API token for the server."
+    return {**env_module, "MWML_API_TOKEN": "s3cret"}
 
 
 @pytest.fixture(scope="module")
 def optimised(env_module, tmp_path_factory) -> dict:
     "A tiny Tagger trained and registered as champion, then `mwml optimize --methods onnx,int8 --json` on its run, once."
-    config = tmp_path_factory.mktemp("config") / "tiny.json"
-    config.write_text(json.dumps(TINY))
-    r = run_mwml("train", "--config", config, env=env_module)
-    assert r.returncode == 0, r.stderr
-    run_id = r.stdout.split("MLflow run ")[1].split()[0]
-    r = run_mwml("register", run_id, "--alias", "champion", env=env_module)
-    assert r.returncode == 0, r.stderr
-    champion = r.stdout.split("version ")[1].split()[0]
-    r = run_mwml("optimize", "--model", run_id, "--methods", "onnx,int8", "--repeats", "1", "--json", env=env_module, timeout=600)
-    assert r.returncode == 0, r.stderr
-    table = json.loads(r.stdout)
+    run_id = train(env_module, "--config", write_tiny_config(tmp_path_factory.mktemp("config"), sample_size=240))
+    champion = register(env_module, run_id, "champion")
+    table = mwml_json("optimize", "--model", run_id, "--methods", "onnx,int8", "--repeats", "1", env=env_module)
     return {"run_id": run_id, "champion": champion, "table": table, "rows": {row["variant"]: row for row in table}}
 
 
@@ -143,10 +130,8 @@ def test_serve_the_int8_version(optimised, env_module, holdout_csv, tmp_path):
     int8 = version_of(optimised, "int8")
     expected = predict_file(holdout_csv, tmp_path / "int8.csv", int8, env_module, "--chunk-size", "16")
     items = [{"title": t, "description": d} for t, d in zip(expected.title, expected.description.fillna(""))]
-    port = free_port()
-    base, server = f"http://127.0.0.1:{port}", start_mwml("serve", "--model", int8, "--replicas", 0, "--port", port, env=env_module)
+    server, base = serve(env_module, "--model", int8)
     try:
-        wait_until_ready(server, base)
         info = httpx.get(f"{base}/model", headers=TOKEN, timeout=10).json()
         assert info["backend"] == "onnx" and info["version"] == int8, info
         served = []
@@ -162,12 +147,12 @@ def test_serve_the_int8_version(optimised, env_module, holdout_csv, tmp_path):
 
 
 def test_optimize_refuses_unknown_methods_and_variants(optimised, env_module):
-    r = run_mwml("optimize", "--methods", "onnx,bogus", env=env_module)
+    r = invoke("optimize", "--methods", "onnx,bogus", env=env_module)
     assert r.returncode == 1 and "unknown method(s) ['bogus']" in r.stderr and "onnx, int8, distill, prune" in r.stderr, r.stderr
     s = get_settings(env_module)
     registry = mlflow.MlflowClient(s.tracking_uri)
     before = len(registry.search_model_versions(f"name='{s.model_name}'"))
-    r = run_mwml("optimize", "--model", version_of(optimised, "onnx"), "--methods", "int8", env=env_module)
+    r = invoke("optimize", "--model", version_of(optimised, "onnx"), "--methods", "int8", env=env_module)
     assert r.returncode == 1 and "optimise a trained torch Tagger" in r.stderr and "onnx backend" in r.stderr, r.stderr
     assert "Traceback" not in r.stderr, r.stderr
     assert len(registry.search_model_versions(f"name='{s.model_name}'")) == before  # nothing registered
@@ -183,6 +168,6 @@ def test_an_altered_onnx_bundle_is_refused(optimised, env_module, tmp_path):
     graph = bytearray((tmp_path / "tagger" / ONNX_FILE).read_bytes())
     graph[len(graph) // 2] ^= 0xFF
     (tmp_path / "tagger" / ONNX_FILE).write_bytes(bytes(graph))
-    r = run_mwml("predict", "--title", "YOLO", "--model", folder, env=env_module)
+    r = invoke("predict", "--title", "YOLO", "--model", folder, env=env_module)
     assert r.returncode == 1 and "sha256" in r.stderr and ONNX_FILE in r.stderr, r.stderr
     assert "Traceback" not in r.stderr, r.stderr

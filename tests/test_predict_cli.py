@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import run_mwml
+from helpers import invoke, run_mwml, train
 
 from mwml.predict import Predictor, predict_file
 
@@ -17,19 +17,8 @@ from mwml.predict import Predictor, predict_file
 def baseline(tmp_path_factory, env_module) -> str:
     "A trained baseline saved to a folder (trained once for the module)."
     folder = tmp_path_factory.mktemp("model") / "baseline"
-    r = run_mwml("train", "--model", "baseline", "--output", folder, env=env_module)
-    assert r.returncode == 0, r.stderr
+    train(env_module, "--model", "baseline", "--output", folder)
     return str(folder)
-
-
-@pytest.fixture(scope="module")
-def env_module(tmp_path_factory, good_files) -> dict:
-    "One MWML_HOME for the module, its data from the session's verified copy (as conftest's `env`)."
-    import os
-
-    home = tmp_path_factory.mktemp("home")
-    variables = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "MWML_DATA_DIR", "IN_TEST", "MWML_DEBUG")}
-    return {**variables, "MWML_HOME": str(home), "MWML_DATA_MIRROR": str(good_files)}
 
 
 WORDS = np.array("object detection images language model text deploy monitoring pipeline graph data cnn bert".split())
@@ -61,18 +50,18 @@ def test_predict_one_project(baseline, env_module):
     )
     assert r.returncode == 0, r.stderr
     assert r.stdout.startswith("tag: computer-vision")
-    r = run_mwml("predict", "--title", "BERT", "--description", "sentiment of tweets", "--model", baseline, "--json", env=env_module)
+    r = invoke("predict", "--title", "BERT", "--description", "sentiment of tweets", "--model", baseline, "--json", env=env_module)
     answer = json.loads(r.stdout)
     assert answer["tag"] == "natural-language-processing" and sum(answer["probabilities"].values()) == pytest.approx(1)
-    r = run_mwml("predict", "--title", " ", "--model", baseline, env=env_module)
+    r = invoke("predict", "--title", " ", "--model", baseline, env=env_module)
     assert r.returncode == 1 and "--title is empty" in r.stderr
-    r = run_mwml("predict", "--title", "x", "--model", "champion", env=env_module)
+    r = invoke("predict", "--title", "x", "--model", "champion", env=env_module)
     assert r.returncode == 1 and "no model is registered" in r.stderr
 
 
 @pytest.mark.parametrize("device", ["cpu", "auto", "cuda"])
 def test_predict_honours_mwml_device(baseline, env_module, device):
-    r = run_mwml("predict", "--title", "YOLO", "--description", "Detect cars", "--model", baseline, "--json",
+    r = invoke("predict", "--title", "YOLO", "--description", "Detect cars", "--model", baseline, "--json",
                  env={**env_module, "MWML_DEVICE": device})  # fmt: skip
     if device == "cuda" and not torch.cuda.is_available():  # an absent GPU is a one-line error naming the setting
         assert r.returncode == 1 and "'cuda' is not available" in r.stderr and "MWML_DEVICE" in r.stderr, r.stderr
@@ -110,9 +99,9 @@ def test_predict_file_memory_follows_the_chunk_not_the_file(baseline, tmp_path):
 
 def test_predict_file_refuses_bad_input_and_writes_nothing(baseline, env_module, tmp_path):
     pd.DataFrame({"name": ["x"]}).to_csv(tmp_path / "bad.csv", index=False)
-    r = run_mwml("predict-file", tmp_path / "bad.csv", tmp_path / "out.csv", "--model", baseline, env=env_module)
+    r = invoke("predict-file", tmp_path / "bad.csv", tmp_path / "out.csv", "--model", baseline, env=env_module)
     assert r.returncode == 1 and "needs columns title and description; missing ['title', 'description']" in r.stderr
-    r = run_mwml("predict-file", tmp_path / "bad.csv", tmp_path / "out.json", "--model", baseline, env=env_module)
+    r = invoke("predict-file", tmp_path / "bad.csv", tmp_path / "out.json", "--model", baseline, env=env_module)
     assert r.returncode == 1 and "use a .csv or .parquet file" in r.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.csv"]
 

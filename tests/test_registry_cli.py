@@ -11,11 +11,10 @@ from pathlib import Path
 import mlflow
 import pandas as pd
 import pytest
-from conftest import ROOT, run_mwml, runs
+from helpers import ROOT, invoke, register, run_mwml, runs, train
 
 from mwml.cli import EXIT_REFUSED
 from mwml.config import get_settings
-from mwml.models import Tagger, TaggerConfig
 
 # The baseline (seed 42) measured on holdout.csv: weighted F1 0.921, 95% bootstrap interval 0.880-0.958
 # (benchmarks/results/evaluate.json). A trained baseline below the interval's low end has got worse.
@@ -59,20 +58,13 @@ def predict_with_mlflow_cli(env: dict, uri: str, tmp_path: Path) -> tuple[pd.Dat
     return pd.DataFrame(json.loads(output.read_text())["predictions"]), Path(line.removeprefix("mwml loaded from "))
 
 
-def trained_run(env, *args) -> str:
-    "Train a baseline through the CLI; return its MLflow run id."
-    r = run_mwml("train", "--model", "baseline", *args, env=env)
-    assert r.returncode == 0, r.stderr
-    return re.search(r"MLflow run ([0-9a-f]{32})", r.stdout).group(1)
-
-
 def aliases(env, tracking_uri=None) -> dict:
     client = mlflow.MlflowClient(tracking_uri or get_settings(env).tracking_uri)
     return {a: str(v) for a, v in client.get_registered_model("mwml-tagger").aliases.items()}
 
 
 def test_register_promote_evaluate_and_refuse(env, tmp_path):
-    good = trained_run(env)
+    good = train(env, "--model", "baseline")
     r = run_mwml("register", good, env=env)
     assert r.returncode == 0 and "version 1 (alias challenger)" in r.stdout, r.stderr
     r = run_mwml("promote", env=env)
@@ -80,8 +72,8 @@ def test_register_promote_evaluate_and_refuse(env, tmp_path):
     assert aliases(env) == {"champion": "1"}
 
     # a weak challenger is refused with the reason, and champion does not move
-    weak = trained_run(env, "--C", "0.001")
-    assert run_mwml("register", weak, env=env).returncode == 0
+    weak = train(env, "--model", "baseline", "--C", "0.001")
+    register(env, weak)
     r = run_mwml("promote", "--json", env=env)  # the decision as JSON for scripts; the exit code says "refused"
     assert r.returncode == EXIT_REFUSED, r.stdout + r.stderr
     decision = json.loads(r.stdout)
@@ -126,25 +118,24 @@ def test_register_promote_evaluate_and_refuse(env, tmp_path):
 
 
 def test_bad_references_and_data_are_refused_and_leave_the_registry_alone(env, tmp_path):
-    good = trained_run(env)
-    assert run_mwml("register", good, env=env).returncode == 0
+    register(env, train(env, "--model", "baseline"))
     before = aliases(env)
 
-    r = run_mwml("evaluate", "--model", "gold", env=env)
+    r = invoke("evaluate", "--model", "gold", env=env)
     assert r.returncode == 1 and "has no alias 'gold'; its aliases are ['challenger']" in r.stderr
 
     mlflow.set_tracking_uri(get_settings(env).tracking_uri)
     with mlflow.start_run(experiment_id=runs(env)[0].info.experiment_id) as empty:
         mlflow.log_param("note", "no model")
-    r = run_mwml("register", empty.info.run_id, env=env)
+    r = invoke("register", empty.info.run_id, env=env)
     assert r.returncode == 1 and f"run {empty.info.run_id} has no model" in r.stderr
 
     unknown = tmp_path / "robots.csv"
     unknown.write_text("id,created_on,title,description,tag\n1,2020-01-01 00:00:00,Robot arm,Grasping with RL,robotics\n")
-    r = run_mwml("evaluate", "--model", "challenger", "--data", unknown, env=env)
+    r = invoke("evaluate", "--model", "challenger", "--data", unknown, env=env)
     assert r.returncode == 1 and "labels the model does not know: ['robotics']" in r.stderr
 
-    r = run_mwml("promote", "--model", "7", env=env)
+    r = invoke("promote", "--model", "7", env=env)
     assert r.returncode == 1 and "has no version '7'" in r.stderr
     assert aliases(env) == before
     assert mlflow.MlflowClient(get_settings(env).tracking_uri).get_registered_model("mwml-tagger").latest_versions[0].version in (1, "1")
@@ -152,8 +143,7 @@ def test_bad_references_and_data_are_refused_and_leave_the_registry_alone(env, t
 
 def test_registry_through_a_tracking_server(env, mlflow_server):
     env = {**env, "MLFLOW_TRACKING_URI": mlflow_server}
-    run_id = trained_run(env)
-    assert run_mwml("register", run_id, env=env).returncode == 0
+    register(env, train(env, "--model", "baseline"))
     r = run_mwml("promote", env=env)
     assert r.returncode == 0, r.stdout + r.stderr
     assert aliases(env, mlflow_server) == {"champion": "1"}
@@ -162,7 +152,7 @@ def test_registry_through_a_tracking_server(env, mlflow_server):
     assert not (get_settings(env).home / "mlflow.db").exists()
 
 
-def test_model_tests_pass_a_trained_model_and_fail_an_untrained_one(env, tmp_path):
+def test_model_tests_pass_a_trained_model_and_fail_an_untrained_one(env, tmp_path, untrained_tiny):
     r = run_mwml("train", "--model", "baseline", "--output", tmp_path / "baseline", env=env)
     assert r.returncode == 0, r.stderr
     r = run_mwml("test-model", "--model", tmp_path / "baseline", env=env)
@@ -173,7 +163,6 @@ def test_model_tests_pass_a_trained_model_and_fail_an_untrained_one(env, tmp_pat
     [html] = get_settings(env).reports_dir.glob("06_evaluate-*.html")
     assert "confusion matrix" in html.read_text() and "<img" in html.read_text()  # the plots are in the report
 
-    Tagger.create(TaggerConfig(backbone="tiny")).save(tmp_path / "untrained")
-    r = run_mwml("test-model", "--model", tmp_path / "untrained", env=env)
+    r = run_mwml("test-model", "--model", untrained_tiny, env=env)
     assert r.returncode == 1, r.stdout
     assert "pass rate" in r.stdout and "is below the minimum" in r.stdout

@@ -4,34 +4,27 @@ the page refuses anyone without the reviewer token; user reports are stored apar
 answers are refused with nothing written; the export meets the data contract."""
 
 import json
-import os
 import sqlite3
 
 import httpx
 import pytest
 from browser import headless_chromium
-from conftest import free_port, run_mwml, start_mwml, terminate, wait_until_ready
+from helpers import mwml_env, run_mwml, serve, terminate
 
 from mwml.config import get_settings
 from mwml.data import load
-from mwml.models import Tagger, TaggerConfig
 
 API = {"Authorization": "Bearer api-s3cret"}
 REVIEWER_TOKEN = "review-t0ken"
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
+def server(tmp_path_factory, untrained_tiny):
     "One `mwml serve` (uvicorn alone) of a tiny tagger with both tokens, 40 holdout answers in its log and a review batch queued."
     home = tmp_path_factory.mktemp("review")
-    folder = home / "tiny"
-    Tagger.create(TaggerConfig(backbone="tiny")).save(folder)
-    env = {**os.environ, "MWML_HOME": str(home), "MWML_API_TOKEN": "api-s3cret", "MWML_REVIEW_TOKEN": REVIEWER_TOKEN,
-           "MWML_REVIEW_REPORTS_PER_MINUTE": "3"}  # fmt: skip
-    base = f"http://127.0.0.1:{(port := free_port())}"
-    proc = start_mwml("serve", "--model", folder, "--replicas", 0, "--port", port, env=env)
+    env = mwml_env(home, MWML_API_TOKEN="api-s3cret", MWML_REVIEW_TOKEN=REVIEWER_TOKEN, MWML_REVIEW_REPORTS_PER_MINUTE=3)
+    proc, base = serve(env, "--model", untrained_tiny)
     try:
-        wait_until_ready(proc, base)
         holdout = load("holdout", get_settings(env)).head(40)
         items = [{"title": t, "description": d} for t, d in zip(holdout.title, holdout.description)]
         for i in range(0, len(items), 10):

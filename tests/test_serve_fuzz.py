@@ -9,7 +9,6 @@ from hypothesis import HealthCheck, given, settings
 from schemathesis import GenerationMode
 from schemathesis.config import SchemathesisConfig
 
-from mwml.models import Tagger, TaggerConfig
 from mwml.review import attach_review
 from mwml.serve import Engine, ServeConfig, build_app
 
@@ -19,13 +18,10 @@ CONFIG = {"checks": {"negative_data_rejection": {"expected-statuses": [400, 401,
 
 
 @pytest.fixture(scope="module")
-def schema(tmp_path_factory):
+def schema(tmp_path_factory, untrained_tiny):
     "The schema of an app as `mwml serve` builds it (the review room's routes too), with a token, a tiny random Tagger and small limits."
-    folder = tmp_path_factory.mktemp("fuzz") / "tiny"
-    Tagger.create(TaggerConfig(backbone="tiny")).save(folder)
-    config = ServeConfig(
-        model=str(folder), max_items=4, max_body_bytes=20_000, prediction_log=str(folder.parent / "log.db"), token="s3cret"
-    )
+    log = tmp_path_factory.mktemp("fuzz") / "log.db"
+    config = ServeConfig(model=str(untrained_tiny), max_items=4, max_body_bytes=20_000, prediction_log=str(log), token="s3cret")
     engine = Engine(config).load()
     attach_review(engine)  # `POST /report` is in the schema; the review page's own routes are not (they are the page's)
     app = build_app(engine)

@@ -9,19 +9,11 @@ from pathlib import Path
 import mlflow
 import pandas as pd
 import pytest
-from conftest import interrupt, run_mwml, runs, start_mwml
+from helpers import TINY, interrupt, invoke, run_mwml, runs, start_mwml, wait_for, write_tiny_config
 
 from mwml.config import get_settings
 from mwml.data import SOURCES
 from mwml.models import Tagger
-
-TINY = {"backbone": "tiny", "epochs": 1, "sample_size": 96, "batch_size": 16, "max_length": 64, "lr": 1e-3}
-
-
-def write_config(folder: Path, **values) -> Path:
-    path = folder / "config.json"
-    path.write_text(json.dumps({**TINY, **values}))
-    return path
 
 
 def artifacts(env: dict, run_id: str, path: str = "") -> set[str]:
@@ -31,7 +23,7 @@ def artifacts(env: dict, run_id: str, path: str = "") -> set[str]:
 
 def test_train_tiny_tagger_in_process(env, tmp_path):
     out = tmp_path / "tagger"
-    r = run_mwml("train", "--config", write_config(tmp_path, epochs=2), "--output", out, env=env)
+    r = run_mwml("train", "--config", write_tiny_config(tmp_path, epochs=2), "--output", out, env=env)
     assert r.returncode == 0, r.stderr
     [run] = runs(env)
     assert run.info.status == "FINISHED" and run.info.run_id in r.stdout
@@ -51,7 +43,7 @@ def test_train_tiny_tagger_in_process(env, tmp_path):
 
 
 def test_train_tiny_tagger_on_ray_with_two_workers(env, tmp_path):
-    r = run_mwml("train", "--config", write_config(tmp_path, epochs=2), "--num-workers", "2", env=env, timeout=600)
+    r = run_mwml("train", "--config", write_tiny_config(tmp_path, epochs=2), "--num-workers", "2", env=env, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     [run] = runs(env)
     assert run.info.status == "FINISHED"
@@ -69,20 +61,17 @@ def test_train_tiny_tagger_on_ray_with_two_workers(env, tmp_path):
 
 
 def test_interrupted_run_is_failed_then_resumes(env, tmp_path):
-    config = write_config(tmp_path, epochs=6, sample_size=None, batch_size=4, patience=10)  # ~7 slow-ish epochs
+    config = write_tiny_config(tmp_path, epochs=6, sample_size=None, batch_size=4, patience=10)  # ~7 slow-ish epochs
     proc = start_mwml("train", "--config", config, env=env)
     home = get_settings(env).home
-    deadline = time.monotonic() + 300
-    while not list(home.glob("mlartifacts/**/checkpoint/slot-*/state.json")):
-        assert proc.poll() is None, proc.communicate()[1][-3000:]
-        assert time.monotonic() < deadline, "no checkpoint within 300 s"
-        time.sleep(0.2)
-    interrupt(proc)
-    assert proc.returncode != 0
+    checkpoints = lambda: list(home.glob("mlartifacts/**/checkpoint/slot-*/state.json"))  # noqa: E731
+    wait_for(checkpoints, "a checkpoint was written", 300, every=0.2, process=proc)
+    stderr = interrupt(proc)  # Ctrl+C once, then wait: the clean-up marks the run FAILED
+    assert proc.returncode != 0, stderr[-3000:]
     [run] = runs(env)
     assert run.info.status == "FAILED"
-    done = max(json.loads(p.read_text())["epochs_done"] for p in home.glob("mlartifacts/**/checkpoint/slot-*/state.json"))
-    assert 1 <= done < 7  # 1 frozen + 6 epochs
+    done = max(json.loads(p.read_text())["epochs_done"] for p in checkpoints())
+    assert 1 <= done < 7  # 1 frozen + 6 epochs: stopped part-way
 
     r = run_mwml("train", "--resume", run.info.run_id, env=env)
     assert r.returncode == 0, r.stderr
@@ -94,13 +83,13 @@ def test_interrupted_run_is_failed_then_resumes(env, tmp_path):
 
 
 def test_resume_an_unknown_run(env):
-    r = run_mwml("train", "--resume", "0123456789abcdef", env=env)
+    r = invoke("train", "--resume", "0123456789abcdef", env=env)
     assert r.returncode == 1 and "no MLflow run '0123456789abcdef'" in r.stderr
 
 
 def test_unknown_backbone_offline_fails_fast_and_marks_the_run(env, tmp_path):
     start = time.monotonic()
-    r = run_mwml("train", "--config", write_config(tmp_path), "--backbone", "no-such-org/no-such-model",
+    r = run_mwml("train", "--config", write_tiny_config(tmp_path), "--backbone", "no-such-org/no-such-model",
                  env={**env, "HF_HUB_OFFLINE": "1"}, timeout=120)  # fmt: skip
     assert r.returncode == 1
     assert "not in the local Hugging Face cache" in r.stderr and "Use 'minilm'" in r.stderr
@@ -113,5 +102,5 @@ def test_unknown_backbone_offline_fails_fast_and_marks_the_run(env, tmp_path):
 def test_bad_configs_are_clear_errors(env, tmp_path, values, message):
     config = tmp_path / "bad.json"
     config.write_text(json.dumps({**TINY, **values}))
-    r = run_mwml("train", "--config", config, env=env)
+    r = invoke("train", "--config", config, env=env)
     assert r.returncode == 1 and message in r.stderr, r.stderr

@@ -7,7 +7,7 @@ import re
 import mlflow
 import nbformat
 import pandas as pd
-from conftest import ROOT, run_mwml, runs
+from helpers import ROOT, invoke, run_mwml, runs
 
 from mwml.baseline import BaselineModel
 from mwml.config import get_settings
@@ -49,7 +49,7 @@ def test_a_run_that_fails_is_marked_failed(env, tmp_path):
     mirror = tmp_path / "mirror"
     mirror.mkdir()
     (mirror / "dataset.csv").write_text("id,created_on,title,description,tag\n")  # wrong checksum
-    r = run_mwml("train", "--model", "baseline", env={**env, "MWML_DATA_MIRROR": str(mirror)})
+    r = invoke("train", "--model", "baseline", env={**env, "MWML_DATA_MIRROR": str(mirror)})
     assert r.returncode == 1 and "sha256" in r.stderr
     [run] = runs(env)
     assert run.info.status == "FAILED"
@@ -104,6 +104,6 @@ def test_a_failing_report_keeps_the_partial_notebook(env):
 
 
 def test_report_refuses_unknown_parameters_before_running(env):
-    r = run_mwml("report", "nbs/02_baseline.ipynb", "-p", "learning_rate", "0.1", env=env)
+    r = invoke("report", "nbs/02_baseline.ipynb", "-p", "learning_rate", "0.1", env=env)
     assert r.returncode == 1 and "has no parameter learning_rate" in r.stderr
     assert not get_settings(env).reports_dir.exists()

@@ -5,16 +5,14 @@ resuming an interrupted search."""
 import json
 import math
 import re
-import time
 
 import mlflow
 import pytest
-from conftest import interrupt, run_mwml, runs, start_mwml
+from helpers import TINY, interrupt, invoke, run_mwml, runs, start_mwml, wait_for
 
 from mwml.config import get_settings
 from mwml.train import TrainConfig
 
-TINY = {"backbone": "tiny", "epochs": 1, "sample_size": 96, "batch_size": 16, "max_length": 64, "lr": 1e-2}
 SPACE = {"lr": {"type": "loguniform", "low": 1e-3, "high": 3e-2}, "dropout": {"type": "uniform", "low": 0.0, "high": 0.3}}
 
 
@@ -61,12 +59,9 @@ def test_hyperopt_search_shows_each_trial_as_it_ends(env, tmp_path):
 def test_search_interrupted_resumed_tracked_and_its_best_config_trains(env, tmp_path):
     best = tmp_path / "best.json"
     proc = start_mwml("tune", "--num-samples", "4", "--name", "job", "--output", best, *write_inputs(tmp_path), env=env)
-    deadline = time.monotonic() + 300
-    while not [run for run in runs(env) if run.data.tags.get("mlflow.parentRunId") and run.info.status == "FINISHED"]:
-        assert proc.poll() is None, proc.communicate()[1][-3000:]
-        assert time.monotonic() < deadline, "no finished trial within 300 s"
-        time.sleep(1)
-    interrupt(proc, every=90)  # Tune stops gracefully on the first Ctrl+C, saving its state
+    finished_trial = lambda: [run for run in runs(env) if run.data.tags.get("mlflow.parentRunId") and run.info.status == "FINISHED"]  # noqa: E731
+    wait_for(finished_trial, "a trial finished", 300, every=1, process=proc)
+    interrupt(proc)  # Tune stops gracefully on the first Ctrl+C, saving its state
     [parent] = [run for run in runs(env) if run.data.tags.get("kind") == "tune"]
     assert (get_settings(env).home / "ray_results" / "job" / "mwml-search.json").exists()
 
@@ -100,6 +95,6 @@ def test_search_interrupted_resumed_tracked_and_its_best_config_trains(env, tmp_
 
 def test_invalid_space_fails_before_anything_starts(env, tmp_path):
     (tmp_path / "space.json").write_text(json.dumps({"learning_rate": {"type": "uniform", "low": 0, "high": 1}}))
-    r = run_mwml("tune", "--space", tmp_path / "space.json", env=env)
+    r = invoke("tune", "--space", tmp_path / "space.json", env=env)
     assert r.returncode == 1 and "learning_rate: not a training config field" in r.stderr
     assert runs(env) == [] and not (get_settings(env).home / "ray_results").exists()
