@@ -25,9 +25,9 @@ os.environ["RAY_TMPDIR"] = f"/tmp/mw-{os.environ.get('PYTEST_XDIST_WORKER', 'mai
 Path(os.environ["RAY_TMPDIR"]).mkdir(exist_ok=True)
 
 # Modules that start Ray (a local one in `mwml`, or a cluster): one group, so one worker runs them one after the other.
-RAY_MODULES = {"test_tagger_cli", "test_tune_cli", "test_scale", "test_serve", "test_rollout", "test_optimize_cli"}
+RAY_MODULES = {"test_tagger_cli", "test_tune_cli", "test_scale", "test_serve", "test_rollout", "test_optimize_cli", "test_predict_cli"}
 # Modules whose tests share module-scoped fixtures: each is one group, kept on one worker (the fixtures are built once).
-SHARED_MODULES = {"test_predict_cli", "test_monitor", "test_review", "test_serve_fuzz", "test_browser", "test_postgres"}
+SHARED_MODULES = {"test_monitor", "test_review", "test_serve_fuzz", "test_browser", "test_postgres"}
 
 
 def pytest_addoption(parser):

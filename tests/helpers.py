@@ -39,10 +39,11 @@ def mwml_env(home: Path,  # the run's MWML_HOME (created if missing)
     return {**env, "MWML_HOME": str(home), **{k: str(v) for k, v in variables.items()}}
 
 
-def free_port() -> int:
-    "A TCP port on 127.0.0.1 that nothing listens on right now."
+def free_port(host: str = "127.0.0.1",  # where to look; "" is every interface (where Ray's GCS binds)
+              ) -> int:  # fmt: skip
+    "A TCP port on `host` that nothing listens on right now."
     with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
+        s.bind((host, 0))
         return s.getsockname()[1]
 
 

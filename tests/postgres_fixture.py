@@ -9,7 +9,6 @@ import logging
 import os
 import pwd
 import shutil
-import socket
 import subprocess
 import tempfile
 import time
@@ -18,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from helpers import free_port
 
 logger = logging.getLogger(__name__)
 HOW_TO_GET = "install it (`apt-get install postgresql`) or `pip install pgserver`"
@@ -55,13 +55,6 @@ def server_user() -> str | None:
 def as_user(user: str | None, *command) -> list[str]:
     "`command` run as `user` (through `runuser`), or as ourselves when `user` is None."
     return ["runuser", "-u", user, "--", *map(str, command)] if user else list(map(str, command))
-
-
-def free_port() -> int:
-    "A TCP port on 127.0.0.1 that nothing listens on right now."
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @dataclass

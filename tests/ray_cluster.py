@@ -5,7 +5,6 @@ import json
 import os
 import secrets
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -13,15 +12,10 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from helpers import free_port
+
 RAY = str(Path(sys.executable).with_name("ray"))  # the `ray` CLI of this interpreter's environment
 LOOPBACK = "127.0.0.1"
-
-
-def free_port() -> int:
-    "A TCP port nobody listens on now (bound on every interface, as Ray's GCS binds)."
-    with socket.socket() as s:
-        s.bind(("", 0))
-        return s.getsockname()[1]
 
 
 def session_pids(
@@ -247,20 +241,20 @@ def start_cluster(
     env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32)}
     env.pop("RAY_ADDRESS", None)
     env.update(node_env or {})
-    c = RayCluster(root, free_port(), free_port(), env=env)
+    c = RayCluster(root, free_port(""), free_port(""), env=env)
     common = ["--num-cpus", "1", "--object-store-memory", str(object_store_mb << 20)]
     common += ["--disable-usage-stats", "--log-style", "record"]
     t0 = time.monotonic()
     try:
         head_args = ["--head", "--port", str(c.gcs_port), "--include-dashboard=true", "--dashboard-host", LOOPBACK]
-        head_args += ["--dashboard-port", str(c.dashboard_port), "--ray-client-server-port", str(free_port())]
-        head_args += ["--dashboard-agent-listen-port", str(free_port())]
+        head_args += ["--dashboard-port", str(c.dashboard_port), "--ray-client-server-port", str(free_port(""))]
+        head_args += ["--dashboard-agent-listen-port", str(free_port(""))]
         c.head = start_node("head", head_args + common, root / "h", env)
         c.head.wait_started()
         c.timings["head_start_s"] = time.monotonic() - t0
         t1 = time.monotonic()
         node2_args = ["--address", c.address, "--resources", json.dumps({"node2": 1})]
-        node2_args += ["--dashboard-agent-listen-port", str(free_port())]
+        node2_args += ["--dashboard-agent-listen-port", str(free_port(""))]
         c.node2_args = node2_args + common
         c.node2 = start_node("node2", c.node2_args, root / "w", env)
         c.node2.wait_started()

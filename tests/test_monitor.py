@@ -18,6 +18,8 @@ from helpers import ROOT, interrupt, mwml_env, register, run_mwml, serve, train,
 from mwml.config import get_settings
 from mwml.data import load
 
+pytestmark = pytest.mark.full  # the whole module is a long proof: `make test-full`
+
 TOKEN = {"Authorization": "Bearer s3cret"}
 OFF_DOMAIN = ROOT / "benchmarks" / "offdomain.csv"  # hand-written projects that are not about machine learning
 

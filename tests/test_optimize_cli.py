@@ -16,6 +16,8 @@ from mwml.config import get_settings
 from mwml.data import load
 from mwml.models import ONNX_FILE, Tagger
 
+pytestmark = pytest.mark.full  # the whole module is a long proof: `make test-full`
+
 TOKEN = {"Authorization": "Bearer s3cret"}
 PROJECTS = [("BERT for sentiment", "Classify the sentiment of tweets with a fine-tuned language model.")]  # predict-file covers 40 more
 

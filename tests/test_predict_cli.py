@@ -70,6 +70,7 @@ def test_predict_honours_mwml_device(baseline, env_module, device):
         assert r.returncode == 0 and json.loads(r.stdout)["tag"] == "computer-vision", r.stderr
 
 
+@pytest.mark.full
 def test_predict_file_streams_10000_rows_in_bounded_memory(baseline, env_module, tmp_path):
     large = tmp_path / "large.csv"
     projects(10_000, description_words=30).to_csv(large, index=False)
@@ -81,6 +82,7 @@ def test_predict_file_streams_10000_rows_in_bounded_memory(baseline, env_module,
     assert sorted(p.name for p in tmp_path.iterdir()) == ["large.csv", "large.parquet"]  # no temporary file left
 
 
+@pytest.mark.full
 def test_predict_file_memory_follows_the_chunk_not_the_file(baseline, tmp_path):
     # 5,000 rows with short texts (cheap to predict) and a 300-word `notes` column the model never reads but the
     # output keeps: about 10 MB of CSV. The model is loaded before tracing, so the peak is the streaming alone.
@@ -106,6 +108,7 @@ def test_predict_file_refuses_bad_input_and_writes_nothing(baseline, env_module,
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.csv"]
 
 
+@pytest.mark.full
 def test_predict_file_on_ray_data_matches_in_process(baseline, env_module, tmp_path):
     projects(300, description_words=30).to_csv(tmp_path / "in.csv", index=False)
     local = run_mwml("predict-file", tmp_path / "in.csv", tmp_path / "local.csv", "--model", baseline, "--chunk-size", "64", env=env_module)

@@ -141,6 +141,7 @@ def test_bad_references_and_data_are_refused_and_leave_the_registry_alone(env, t
     assert mlflow.MlflowClient(get_settings(env).tracking_uri).get_registered_model("mwml-tagger").latest_versions[0].version in (1, "1")
 
 
+@pytest.mark.full
 def test_registry_through_a_tracking_server(env, mlflow_server):
     env = {**env, "MLFLOW_TRACKING_URI": mlflow_server}
     register(env, train(env, "--model", "baseline"))
@@ -152,6 +153,7 @@ def test_registry_through_a_tracking_server(env, mlflow_server):
     assert not (get_settings(env).home / "mlflow.db").exists()
 
 
+@pytest.mark.full
 def test_model_tests_pass_a_trained_model_and_fail_an_untrained_one(env, tmp_path, untrained_tiny):
     r = run_mwml("train", "--model", "baseline", "--output", tmp_path / "baseline", env=env)
     assert r.returncode == 0, r.stderr

@@ -25,6 +25,8 @@ from mwml.predict import Predictor
 from mwml.rollout import CANDIDATE_APP_PREFIX, Ledger, current_traffic, ledger_target, replay, replay_canary
 from mwml.serve import read_predictions
 
+pytestmark = pytest.mark.full  # the whole module is a long proof: `make test-full`
+
 TOKEN = {"Authorization": "Bearer s3cret"}
 
 

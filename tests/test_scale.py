@@ -97,6 +97,7 @@ def trained(cluster, on_cluster):
     return run_id, register(on_cluster, run_id)
 
 
+@pytest.mark.full
 def test_train_puts_one_worker_on_each_node_and_tracks_through_the_server(cluster, on_cluster, trained):
     run_id, _ = trained
     assert set(cluster.actor_nodes("RayTrainWorker")) == both_nodes(cluster)
@@ -105,12 +106,14 @@ def test_train_puts_one_worker_on_each_node_and_tracks_through_the_server(cluste
     assert "valid_loss" in run.data.metrics  # logged by the rank-0 worker, wherever it ran
 
 
+@pytest.mark.full
 def test_a_file_tracking_store_is_refused_on_a_multi_node_cluster(on_cluster):
     env = {**on_cluster, "MLFLOW_TRACKING_URI": f"sqlite:///{on_cluster['MWML_HOME']}/local.db"}
     r = run_mwml("train", "--backbone", "tiny", "--epochs", "1", "--sample-size", "200", "--num-workers", "2", env=env)
     assert r.returncode != 0 and "the Ray cluster has 2 nodes" in r.stderr and "start a tracking server" in r.stderr, r.stderr[-3000:]
 
 
+@pytest.mark.full
 def test_tune_runs_its_trials_on_the_cluster(cluster, on_cluster):
     r = run_mwml("tune", "--backbone", "tiny", "--num-samples", "4", "--sample-size", "200", "--max-epochs", "2", "--json",
                  env=on_cluster, timeout=900)  # fmt: skip
@@ -121,6 +124,7 @@ def test_tune_runs_its_trials_on_the_cluster(cluster, on_cluster):
     assert set(cluster.actor_nodes("ImplicitFunc")) == both_nodes(cluster)  # Tune's trial actors
 
 
+@pytest.mark.full
 def test_predict_file_on_both_nodes_matches_the_local_run(cluster, on_cluster, trained, tmp_path):
     _, version = trained
     projects = load("holdout", get_settings(on_cluster))[["title", "description"]]
@@ -136,6 +140,7 @@ def test_predict_file_on_both_nodes_matches_the_local_run(cluster, on_cluster, t
     pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "ray.csv"), pd.read_csv(tmp_path / "local.csv"), atol=1e-6)
 
 
+@pytest.mark.full
 def test_serve_puts_a_replica_on_each_node_and_survives_losing_one(cluster, on_cluster, trained, tmp_path):
     _, version = trained
     port = free_port()
@@ -183,6 +188,7 @@ def test_serve_puts_a_replica_on_each_node_and_survives_losing_one(cluster, on_c
         cluster.restart_second_node()
 
 
+@pytest.mark.full
 def test_a_node_dying_mid_training_ends_the_run_failed_with_the_reason(cluster, on_cluster):
     client = mlflow.MlflowClient(on_cluster["MLFLOW_TRACKING_URI"])
     experiment = client.get_experiment_by_name("mwml").experiment_id
@@ -208,6 +214,7 @@ def test_a_node_dying_mid_training_ends_the_run_failed_with_the_reason(cluster, 
     assert run.info.status == "FAILED" and run.data.tags["failure"], run.data.tags
 
 
+@pytest.mark.full
 def test_a_ray_address_that_points_nowhere_fails_in_seconds(on_cluster):
     with socket.socket() as closed:
         closed.bind(("127.0.0.1", 0))

@@ -3,7 +3,6 @@ modes over real HTTP on 127.0.0.1: uvicorn alone (`--replicas 0`) and Ray Serve 
 replica, a promoted champion picked up on SIGHUP by every replica, Ctrl+C and SIGTERM)."""
 
 import logging
-import os
 import re
 import signal
 import time
@@ -290,72 +289,89 @@ def replica_of(base: str) -> str | None:
         return None
 
 
-def wait_for_two_replicas(base: str, timeout: float = 180):
-    "Block until answers come from two different replicas."
-    wait_for(lambda: len({replica_of(base) for _ in range(20)} - {None}) == 2, "two replicas answered", timeout, every=1)
+def wait_for_two_replicas(base: str, timeout: float = 180) -> set[str]:
+    "Block until answers come from two different replicas; their ids."
+
+    def two():
+        replicas = {replica_of(base) for _ in range(20)} - {None}
+        return replicas if len(replicas) == 2 else None
+
+    return wait_for(two, "two replicas answered", timeout, every=1)
 
 
-def test_mwml_serve_on_ray_serve(served):
+@pytest.fixture(scope="module")
+def ray_serve(served):
+    "`mwml serve --replicas 2` of the first version, for this module's Ray Serve tests: (env, first, second, base URL, process)."
     env, first, second, base, server = serve_first_version(served, 2)
     try:
-        wait_until_ready(server, base)
-        assert_serves_the_champion(base, env)
-        # the review room's routes are in the replicas too (`mwml serve`'s setup hook), with the reviewer token they inherited
-        assert httpx.get(f"{base}/review", timeout=10).status_code == 401  # the sign-in page
-        reviewer = {"Authorization": "Bearer review-t0ken", "X-Mwml-Reviewer": "ann"}
-        assert httpx.get(f"{base}/review/next", headers=reviewer, timeout=10).json()["item"] is None  # nothing queued yet
-
-        # both replicas answer before one is killed (/ready needs only one; the other may still be loading its model)
-        wait_for_two_replicas(base)
-
-        # kill one replica during load, once both have answered in it: only the requests in flight at the kill may fail; the
-        # rest are served, and the replica comes back
-        results, record = [], []
-        threads = hammer(f"{base}/predict", 400, 8, TOKEN, results, record)
-        wait_for(lambda: len({replica for *_, replica in list(record)} - {None}) == 2, "both replicas answered during the load", 120)
-        replicas = [p for p in psutil.Process(server.pid).children(recursive=True) if "ServeReplica" in " ".join(p.cmdline())]
-        assert len(replicas) == 2, replicas
-        kill = time.monotonic()
-        replicas[0].send_signal(signal.SIGKILL)
-        for t in threads:
-            t.join()
-        at_kill, after = failures_around(kill, results, record)
-        print(f"killed a replica under load: {results.count(200)} of {len(results)} served, failures at the kill {at_kill}, after {after}")
-        assert len(results) == 400 and not after, (at_kill, after)  # at most the 8 requests in flight (our concurrency) fail
-        wait_for_two_replicas(base)  # Serve has replaced the killed one
-        # once it has (a busy machine may finish the 400 before routing drops the dead replica), every request is served
-        after = []
-        for t in hammer(f"{base}/predict", 40, 4, TOKEN, after):
-            t.join()
-        assert after == [200] * 40, after
-
-        # a newly promoted champion is picked up on SIGHUP while requests keep flowing, none dropped, by EVERY replica:
-        # within three minutes, 40 answers in a row come from both replicas and all name the new version
-        reload_under_load(server, base, env, second)
-        deadline = time.monotonic() + 180  # both successors load the model; slow on a busy machine
-        while True:
-            answers = [httpx.get(f"{base}/model", headers=TOKEN, timeout=10) for _ in range(40)]
-            seen = {(r.headers["X-Mwml-Replica"], r.json()["version"]) for r in answers}
-            if len({replica for replica, _ in seen}) == 2 and {version for _, version in seen} == {second}:
-                break
-            assert time.monotonic() < deadline, f"not every replica serves version {second}: {seen}"
-            time.sleep(1)
-        items = assert_serves_the_champion(base, env)
-
-        # one scrape of /metrics covers every replica, each sample labelled with its replica (a replica pushes every second)
-        live = {replica for replica, _ in seen}
-        deadline = time.monotonic() + 120
-        while True:
-            text = httpx.get(f"{base}/metrics", headers=TOKEN, timeout=10).text
-            sums = per_replica(text, "mwml_batch_size_sum")
-            if live <= set(sums) and sum(sums[r] for r in live) >= items:
-                break
-            assert time.monotonic() < deadline, f"/metrics does not cover replicas {live} with {items} items: {sums}"
-            time.sleep(1)
-        assert all(f'mwml_request_latency_seconds_count{{endpoint="/predict",replica="{r}"}}' in text for r in live), text
+        wait_until_ready(server, base, patience=300)
+        yield env, first, second, base, server
     finally:
         stderr = terminate(server, patience=60)
     assert server.returncode == 0, stderr
-    assert os.path.exists(get_settings(env).home / "predictions.db")
+    rows = PredictionLog(get_settings(env).home / "predictions.db").read()
+    assert first in set(rows.model_version), set(rows.model_version)
+
+
+def assert_metrics_cover(base: str, live: set[str], items: int):
+    "One scrape of /metrics covers every replica in `live` (each sample labelled with its replica), `items` predicted in all."
+
+    def covered():  # a replica pushes its metrics every second
+        text = httpx.get(f"{base}/metrics", headers=TOKEN, timeout=10).text
+        sums = per_replica(text, "mwml_batch_size_sum")
+        return text if live <= set(sums) and sum(sums[r] for r in live) >= items else None
+
+    text = wait_for(covered, f"/metrics covers replicas {live} with {items} items", 120, every=1)
+    assert all(f'mwml_request_latency_seconds_count{{endpoint="/predict",replica="{r}"}}' in text for r in live), text
+
+
+def test_mwml_serve_on_ray_serve(ray_serve):
+    "Two replicas answer as the champion does, both serve the review room's routes, and one scrape of /metrics covers both."
+    env, _, _, base, _ = ray_serve
+    items = assert_serves_the_champion(base, env)
+    # the review room's routes are in the replicas too (`mwml serve`'s setup hook), with the reviewer token they inherited
+    assert httpx.get(f"{base}/review", timeout=10).status_code == 401  # the sign-in page
+    reviewer = {"Authorization": "Bearer review-t0ken", "X-Mwml-Reviewer": "ann"}
+    assert httpx.get(f"{base}/review/next", headers=reviewer, timeout=10).json()["item"] is None  # nothing queued yet
+    live = wait_for_two_replicas(base)  # /ready needs only one; the other may still be loading its model
+    assert_metrics_cover(base, live, items)
+
+
+@pytest.mark.full
+def test_ray_serve_survives_a_killed_replica_and_reloads_every_replica(ray_serve):
+    env, first, second, base, server = ray_serve
+    wait_for_two_replicas(base)  # both replicas answer before one is killed
+
+    # kill one replica during load, once both have answered in it: only the requests in flight at the kill may fail; the rest
+    # are served, and the replica comes back
+    results, record = [], []
+    threads = hammer(f"{base}/predict", 400, 8, TOKEN, results, record)
+    wait_for(lambda: len({replica for *_, replica in list(record)} - {None}) == 2, "both replicas answered during the load", 120)
+    replicas = [p for p in psutil.Process(server.pid).children(recursive=True) if "ServeReplica" in " ".join(p.cmdline())]
+    assert len(replicas) == 2, replicas
+    kill = time.monotonic()
+    replicas[0].send_signal(signal.SIGKILL)
+    for t in threads:
+        t.join()
+    at_kill, after = failures_around(kill, results, record)
+    print(f"killed a replica under load: {results.count(200)} of {len(results)} served, failures at the kill {at_kill}, after {after}")
+    assert len(results) == 400 and not after, (at_kill, after)  # at most the 8 requests in flight (our concurrency) fail
+    wait_for_two_replicas(base)  # Serve has replaced the killed one
+    fresh = []
+    for t in hammer(f"{base}/predict", 40, 4, TOKEN, fresh):
+        t.join()
+    assert fresh == [200] * 40, fresh
+
+    # a newly promoted champion is picked up on SIGHUP while requests keep flowing, none dropped, by EVERY replica: 40 answers
+    # in a row come from both replicas and all name the new version (both successors load the model: slow on a busy machine)
+    reload_under_load(server, base, env, second)
+
+    def every_replica_serves_second():
+        seen = {(r.headers["X-Mwml-Replica"], r.json()["version"]) for r in [httpx.get(f"{base}/model", headers=TOKEN, timeout=10)
+                                                                             for _ in range(40)]}  # fmt: skip
+        return {replica for replica, _ in seen} if len(seen) == 2 and {version for _, version in seen} == {second} else None
+
+    live = wait_for(every_replica_serves_second, f"every replica serves version {second}", 180, every=1)
+    assert_metrics_cover(base, live, assert_serves_the_champion(base, env))
     rows = PredictionLog(get_settings(env).home / "predictions.db").read()
     assert {first, second} <= set(rows.model_version), set(rows.model_version)

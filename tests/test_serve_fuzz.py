@@ -12,6 +12,8 @@ from schemathesis.config import SchemathesisConfig
 from mwml.review import attach_review
 from mwml.serve import Engine, ServeConfig, build_app
 
+pytestmark = pytest.mark.full  # the whole module is a long proof: `make test-full`
+
 TOKEN = {"Authorization": "Bearer s3cret"}
 # 413 is a right answer to an invalid body too: one over the size limit (schemathesis's default list lacks it)
 CONFIG = {"checks": {"negative_data_rejection": {"expected-statuses": [400, 401, 404, 405, 406, 413, 415, 422]}}}

@@ -60,6 +60,7 @@ def test_train_tiny_tagger_on_ray_with_two_workers(env, tmp_path):
     assert {int(epoch): loss for epoch, loss in shown} == logged and len(shown) == 3, r.stderr[-3000:]
 
 
+@pytest.mark.full
 def test_interrupted_run_is_failed_then_resumes(env, tmp_path):
     config = write_tiny_config(tmp_path, epochs=6, sample_size=None, batch_size=4, patience=10)  # ~7 slow-ish epochs
     proc = start_mwml("train", "--config", config, env=env)

@@ -7,7 +7,8 @@ import re
 import mlflow
 import nbformat
 import pandas as pd
-from helpers import ROOT, invoke, run_mwml, runs
+import pytest
+from helpers import ROOT, invoke, run_mwml, runs, write_tiny_config
 
 from mwml.baseline import BaselineModel
 from mwml.config import get_settings
@@ -56,9 +57,8 @@ def test_a_run_that_fails_is_marked_failed(env, tmp_path):
 
 
 def test_pipeline_prints_holdout_scores(env, tmp_path):
-    tiny = tmp_path / "tiny.json"  # the real default (MiniLM, 7 epochs) is what `make run` and benchmarks/train.py run
-    tiny.write_text('{"backbone": "tiny", "epochs": 1, "sample_size": 96, "max_length": 64}')
-    r = run_mwml("pipeline", "--config", tiny, env=env)
+    # the real default (MiniLM, 7 epochs) is what `make run` and benchmarks/train.py run
+    r = run_mwml("pipeline", "--config", write_tiny_config(tmp_path), env=env)
     assert r.returncode == 0, r.stderr
     scores = re.search(r"baseline on holdout.csv: weighted precision ([\d.]+), recall ([\d.]+), F1 ([\d.]+)", r.stdout)
     assert scores, r.stdout
@@ -93,6 +93,7 @@ def test_report_writes_notebook_and_html(env):
     assert run.data.params["C"] == "0.5"
 
 
+@pytest.mark.full
 def test_a_failing_report_keeps_the_partial_notebook(env):
     r = run_mwml("report", "nbs/02_baseline.ipynb", "-p", "val_size", "1.5", env=env)
     assert r.returncode == 1

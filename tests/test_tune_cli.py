@@ -29,6 +29,7 @@ def lowest_valid_loss(env: dict, runs_: list) -> dict[str, float]:
             for run in runs_}  # fmt: skip
 
 
+@pytest.mark.full
 def test_hyperopt_search_shows_each_trial_as_it_ends(env, tmp_path):
     r = run_mwml("tune", "--search", "hyperopt", "--num-samples", "2", "--json", *write_inputs(tmp_path), env=env)
     assert r.returncode == 0, r.stderr[-3000:]
@@ -56,6 +57,7 @@ def test_hyperopt_search_shows_each_trial_as_it_ends(env, tmp_path):
     assert sorted(count for *_, count in ended) == ["1", "2"]
 
 
+@pytest.mark.full
 def test_search_interrupted_resumed_tracked_and_its_best_config_trains(env, tmp_path):
     best = tmp_path / "best.json"
     proc = start_mwml("tune", "--num-samples", "4", "--name", "job", "--output", best, *write_inputs(tmp_path), env=env)
