@@ -110,14 +110,14 @@ def throwaway_env(home: Path) -> dict:
 def registered_models(home: Path) -> tuple[dict, str, str]:
     "A throw-away home: the baseline as version 1 (champion) and 2 (a good candidate), a random tiny tagger as 3 (broken)."
     env = throwaway_env(home)
-    run = mwml("train", "--model", "baseline", env=env).split("MLflow run ")[1].split()[0]
-    first = mwml("register", run, env=env).split("version ")[1].split()[0]
+    run = json.loads(mwml("train", "--model", "baseline", "--json", env=env))["run_id"]
+    first = json.loads(mwml("register", run, "--json", env=env))["version"]
     client, name = mlflow.MlflowClient(get_settings(env).tracking_uri), get_settings(env).model_name
     client.set_registered_model_alias(name, "champion", first)
     v1 = client.get_model_version(name, first)
     good = client.create_model_version(name, v1.source, v1.run_id).version
-    run = mwml("train", "--backbone", "tiny", "--epochs", "1", "--sample-size", "64", env=env).split("MLflow run ")[1].split()[0]
-    broken = mwml("register", run, env=env).split("version ")[1].split()[0]
+    run = json.loads(mwml("train", "--backbone", "tiny", "--epochs", "1", "--sample-size", "64", "--json", env=env))["run_id"]
+    broken = json.loads(mwml("register", run, "--json", env=env))["version"]
     return env, str(good), str(broken)
 
 
@@ -193,8 +193,8 @@ def live(items: list[dict], repeats: int, work: Path) -> dict:
 def live_minilm(items: list[dict], repeats: int, work: Path) -> dict:
     "Shadowing's p99 cost with the product's model on both sides: MiniLM taggers (one epoch on 64 projects: the cost, not the F1)."
     env = throwaway_env(work / "home-minilm")
-    run = mwml("train", "--backbone", "minilm", "--epochs", "1", "--sample-size", "64", env=env).split("MLflow run ")[1].split()[0]
-    champion = mwml("register", run, env=env).split("version ")[1].split()[0]
+    run = json.loads(mwml("train", "--backbone", "minilm", "--epochs", "1", "--sample-size", "64", "--json", env=env))["run_id"]
+    champion = json.loads(mwml("register", run, "--json", env=env))["version"]
     client, name = mlflow.MlflowClient(get_settings(env).tracking_uri), get_settings(env).model_name
     client.set_registered_model_alias(name, "champion", champion)
     v1 = client.get_model_version(name, champion)

@@ -224,8 +224,6 @@ def hammer(url: str, n: int, concurrency: int, headers: dict, results: list, rec
     return threads
 
 
-def failures_around(kill: float, results: list, record: list) -> tuple[list, list]:
-    "(failures among the requests in flight at monotonic time `kill`, failures among the others), from `hammer`'s lists."
-    in_flight = [start <= kill <= end for start, end, _ in record]
-    failed = [(status, flying) for status, flying in zip(results, in_flight) if status != 200]
-    return [s for s, flying in failed if flying], [s for s, flying in failed if not flying]
+def in_flight_at(moment: float, record: list) -> int:
+    "How many of `hammer`'s requests (its `record`) were in flight at monotonic time `moment`."
+    return sum(start <= moment <= end for start, end, _ in record)
