@@ -65,6 +65,28 @@ def timed(command: list[str], cwd: Path, env: dict, log: Path, burner: bool = Fa
             "slowest": slowest(text), "tail": text.splitlines()[-5:]}  # fmt: skip
 
 
+def show(runs: list[dict]) -> str:
+    "Minutes and exit codes of `runs`, for the table."
+    if not runs:
+        return "not measured"
+    minutes = ", ".join(f"{r['seconds'] / 60:.1f}" for r in runs)
+    return f"{minutes} min (exit {', '.join(str(r['returncode']) for r in runs)})"
+
+
+def save(bench: Benchmark, result: dict):
+    "Write the JSON as it stands (after each run, so a long series that is stopped keeps what it measured) and print the table."
+    quick = [r for r in result["runs"] if r["tier"] == "quick"]
+    ci = [r for r in result["runs"] if r["tier"] == "ci" and not r["burner"]]
+    burned = [r for r in result["runs"] if r["tier"] == "ci" and r["burner"]]
+    result["test_seconds"] = max((r["seconds"] for r in quick if r["returncode"] == 0), default=None)
+    result["ci_seconds"] = max((r["seconds"] for r in ci + burned if r["returncode"] == 0), default=None)
+    rows = [("virtual environment on disk", f"{result['venv_gib']:.1f} GiB"),
+            ("make setup (fresh clone)", show([result["setup"]] if "setup" in result else [])),
+            ("make test (quick tier)", show(quick)), (".ci/run (make test-full, make lint)", show(ci)),
+            (".ci/run beside a CPU burner", show(burned))]  # fmt: skip
+    bench.write(result, rows, ("measure", "footprint"))
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=3, help="CI runs (`.ci/run`) in a row")
@@ -88,43 +110,29 @@ def main():
             result["runs"] = old.get("runs", [])
     work = Path(tempfile.mkdtemp(prefix="mwml-footprint-"))
     where = ROOT
+    result["where"] = "this checkout"
     try:
         if not args.skip_setup:
             where = work / "mwml"
             subprocess.run(["git", "clone", "--quiet", str(ROOT), str(where)], check=True)
+            result["where"] = "fresh clone of the committed tree"
             result["setup"] = timed(["make", "setup"], where, env, work / "setup.log")
             result["setup_seconds"] = result["setup"]["seconds"] if result["setup"]["returncode"] == 0 else None
             result["fresh_venv_gib"] = disk_gib(where / ".venv")
+            save(bench, result)
         plan = [] if args.skip_quick else [("quick", ["make", "test"], False)]
         plan += [("ci", ["bash", ".ci/run"], False)] * args.runs + [("ci", ["bash", ".ci/run"], True)] * args.burner_runs
         for i, (tier, command, burner) in enumerate(plan):
             run = {"tier": tier, **timed(command, where, env, work / f"{i}-{tier}.log", burner)}
             result["runs"].append(run)
             print(f"{tier}{' + burner' if burner else ''}: {run['seconds'] / 60:.1f} min, exit {run['returncode']}, {run['pytest']}")
-        result["where"] = "fresh clone of the committed tree" if where != ROOT else "this checkout"
+            save(bench, result)
     finally:
         failed = [r for r in result["runs"] if r["returncode"]] + [result["setup"]] * bool(result.get("setup", {}).get("returncode"))
         if failed:  # keep the clone and its logs to read
             print(f"{len(failed)} run(s) failed: the logs are in {work}")
         else:
             shutil.rmtree(work, ignore_errors=True)
-
-    def show(runs):
-        if not runs:
-            return "not measured"
-        minutes = ", ".join(f"{r['seconds'] / 60:.1f}" for r in runs)
-        return f"{minutes} min (exit {', '.join(str(r['returncode']) for r in runs)})"
-
-    quick = [r for r in result["runs"] if r["tier"] == "quick"]
-    ci = [r for r in result["runs"] if r["tier"] == "ci" and not r["burner"]]
-    burned = [r for r in result["runs"] if r["tier"] == "ci" and r["burner"]]
-    result["test_seconds"] = max((r["seconds"] for r in quick if r["returncode"] == 0), default=None)
-    result["ci_seconds"] = max((r["seconds"] for r in ci + burned if r["returncode"] == 0), default=None)
-    rows = [("virtual environment on disk", f"{result['venv_gib']:.1f} GiB"),
-            ("make setup (fresh clone)", show([result["setup"]] if "setup" in result else [])),
-            ("make test (quick tier)", show(quick)), (".ci/run (make test-full, make lint)", show(ci)),
-            (".ci/run beside a CPU burner", show(burned))]  # fmt: skip
-    bench.write(result, rows, ("measure", "footprint"))
 
 
 if __name__ == "__main__":

@@ -74,7 +74,7 @@ def test_register_promote_evaluate_and_refuse(env, tmp_path):
     # a weak challenger is refused with the reason, and champion does not move
     weak = train(env, "--model", "baseline", "--C", "0.001")
     register(env, weak)
-    r = run_mwml("promote", "--json", env=env)  # the decision as JSON for scripts; the exit code says "refused"
+    r = invoke("promote", "--json", env=env)  # the decision as JSON for scripts; the exit code says "refused"
     assert r.returncode == EXIT_REFUSED, r.stdout + r.stderr
     decision = json.loads(r.stdout)
     assert decision["promoted"] is False and decision["versions"] == {"challenger": "2", "champion": "1"}
@@ -112,7 +112,7 @@ def test_register_promote_evaluate_and_refuse(env, tmp_path):
     r = run_mwml("leaderboard", env=env)
     assert r.returncode == 0 and re.search(r"^\s*1\s+champion\s+baseline", r.stdout, re.M), r.stdout
     assert "evaluating every version" in r.stderr  # it says what it is doing, on stderr
-    r = run_mwml("leaderboard", "--json", env=env)
+    r = invoke("leaderboard", "--json", env=env)
     board = json.loads(r.stdout)
     assert [row["version"] for row in board] == [1, 2] and board[0]["alias"] == "champion", board
 
