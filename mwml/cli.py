@@ -666,14 +666,16 @@ def rollout_start(candidate: Annotated[list[str], typer.Option(help="a candidate
                   exposure: Annotated[str, typer.Option(help="ab: percentages of users in the test, step by step "
                                                              "(each --interval long)")] = "100",
                   reweight: Annotated[str, typer.Option(help="bandit: time between reweightings (60s, 5m, ...)")] = "60s",
+                  max_p99_ms: Annotated[float | None, typer.Option(help="canary: the p99 latency gate in ms (default "
+                                                                        "Flagger's 500; a slow machine needs more)")] = None,
                   as_json: Annotated[bool, typer.Option("--json", help="print the roll-out as JSON")] = False):
     "Start a roll-out: the candidates must load and predict the champion's tags; one roll-out at a time."
-    from mwml.rollout import rollout_status, start_rollout
+    from mwml.rollout import Gates, rollout_status, start_rollout
     with handle_errors():
-        ledger = _ledger()
+        ledger, gates = _ledger(), Gates() if max_p99_ms is None else Gates(max_p99_ms=max_p99_ms)
         if policy == "ab" and share == 100: share = 50  # an A/B test's default split
         rid = start_rollout(ledger, candidate, policy, parse_steps(steps), parse_seconds(interval), share / 100,
-                            parse_steps(exposure), parse_seconds(reweight))  # fmt: skip
+                            parse_steps(exposure), parse_seconds(reweight), gates)  # fmt: skip
         status = rollout_status(ledger)
     if as_json: return echo_json(status)
     typer.echo(f"roll-out {rid} started: {policy} of {', '.join(candidate)}; traffic {status['traffic']}")

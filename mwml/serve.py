@@ -1000,7 +1000,8 @@ def ray_serve_env(ingress: str,  # `haproxy` or `proxy` (`INGRESSES`)
     "The variables that give a Ray which mwml starts itself the Ray Serve `ingress` asked for."
     if ingress == "proxy": return {}
     wanted = {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1", "RAY_SERVE_ENABLE_HA_PROXY": "1",
-              "RAY_SERVE_HAPROXY_STATS_PORT": str(free_port()), "RAY_SERVE_HAPROXY_METRICS_PORT": str(free_port())}
+              "RAY_SERVE_HAPROXY_STATS_PORT": str(free_port()), "RAY_SERVE_HAPROXY_METRICS_PORT": str(free_port()),
+              "RAY_SERVE_FALLBACK_PROXY_HTTP_PORT": str(free_port()), "RAY_SERVE_FALLBACK_PROXY_GRPC_PORT": str(free_port())}
     return {k: v for k, v in wanted.items() if k not in env}
 
 # %% ../nbs/11_serve.ipynb #5544e46e

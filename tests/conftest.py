@@ -3,10 +3,11 @@
 Tiers: `make test` runs `pytest -m "not full"`, the quick tier (every real part once, each room's happy path and bad input);
 `make test-full` runs everything. A test joins the full tier with `@pytest.mark.full` (or a module's `pytestmark`).
 
-Parallel runs (pytest-xdist, `--dist loadgroup`): a module whose tests share module fixtures (a server, a trained model) runs
-whole on one worker; the modules that start Ray run on the same worker, one at a time, so that two Ray clusters never compete
-for the machine's two cores. Each worker has its own Ray temporary folder, so a `ray.init()` can never attach to a cluster
-that another worker's test started.
+Parallel runs (pytest-xdist, `--dist loadfile`): each module runs whole on one worker, so its module fixtures (a server, a
+trained model, a Ray cluster) are built once. (`--dist loadgroup` would let modules share a worker by `xdist_group` marks, but
+xdist 3.8 renames node ids in a way pytest 9 no longer reads: the marks are silently ignored.) Two modules may run Ray side by
+side: each worker has its own Ray temporary folder, so a `ray.init()` can never attach to a cluster that another worker's test
+started, and each `mwml serve` picks its own HAProxy and fallback-proxy ports (`mwml.serve.ray_serve_env`).
 """
 
 import os
@@ -24,23 +25,9 @@ os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 os.environ["RAY_TMPDIR"] = f"/tmp/mw-{os.environ.get('PYTEST_XDIST_WORKER', 'main')}-{os.getpid()}"
 Path(os.environ["RAY_TMPDIR"]).mkdir(exist_ok=True)
 
-# Modules that start Ray (a local one in `mwml`, or a cluster): one group, so one worker runs them one after the other.
-RAY_MODULES = {"test_tagger_cli", "test_tune_cli", "test_scale", "test_serve", "test_rollout", "test_optimize_cli", "test_predict_cli"}
-# Modules whose tests share module-scoped fixtures: each is one group, kept on one worker (the fixtures are built once).
-SHARED_MODULES = {"test_monitor", "test_review", "test_serve_fuzz", "test_browser", "test_postgres"}
-
 
 def pytest_addoption(parser):
     parser.addoption("--model", default=None, help="tests/model: the model to test (folder, run id, alias or version)")
-
-
-def pytest_collection_modifyitems(config, items):
-    "Put each test in its xdist group: `ray`, its module's name, or none (free to run on either worker)."
-    for item in items:
-        module = item.module.__name__.rsplit(".", 1)[-1]
-        group = "ray" if module in RAY_MODULES else module if module in SHARED_MODULES else None
-        if group:
-            item.add_marker(pytest.mark.xdist_group(group))
 
 
 def pytest_sessionfinish(session, exitstatus):

@@ -176,7 +176,7 @@ def test_serve_puts_a_replica_on_each_node_and_survives_losing_one(cluster, on_c
         print(f"killed the second node under load: {len(results) - len(failed)} of {len(results)} served, {flying} in flight at the kill, "
               f"failed {failed}")  # fmt: skip
         assert len(results) == 300 and len(failed) <= flying, failed  # no more than the requests in flight at the kill
-        cluster.wait_nodes(1)  # the head has seen the node die (Serve then stops routing to its replica)
+        cluster.wait_nodes(1, timeout=300)  # the head has seen the node die (Serve then stops routing to its replica)
         after = []  # serving goes on on the head: every request sent after the kill has been absorbed succeeds
         for t in hammer(f"{base}/predict", 20, 2, {}, after):
             t.join()

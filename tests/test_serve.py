@@ -314,7 +314,18 @@ def ray_serve(served):
 
 
 def assert_metrics_cover(base: str, live: set[str], items: int):
-    "One scrape of /metrics covers every replica in `live` (each sample labelled with its replica), `items` predicted in all."
+    "Once each replica in `live` has answered a prediction, one /metrics scrape covers them all, each sample labelled with its replica."
+    answered, item = set(), {"title": "Transformers for text", "description": "attention models that tag news articles"}
+
+    def every_replica_predicted():  # the router may have sent all earlier predictions (`items` in all) to one replica
+        nonlocal items
+        r = httpx.post(f"{base}/predict", json={"items": [item]}, headers=TOKEN, timeout=30)
+        assert r.status_code == 200, r.text
+        items += 1
+        answered.add(r.headers["X-Mwml-Replica"])
+        return live <= answered
+
+    wait_for(every_replica_predicted, f"every replica of {live} answered a prediction", 120, every=0)
 
     def covered():  # a replica pushes its metrics every second
         text = httpx.get(f"{base}/metrics", headers=TOKEN, timeout=10).text
