@@ -39,7 +39,7 @@ monitor: setup ## check the served champion's prediction log for drift: report i
 	$(BIN)/mwml monitor --window $(or $(WINDOW),200)
 
 # pytest on both cores: a module whose tests share fixtures stays on one worker, the Ray modules share one (tests/conftest.py)
-PYTEST := $(BIN)/python -m pytest tests -n 2 --dist loadfile
+PYTEST := $(BIN)/python -m pytest tests -n 2 --dist load
 NBDEV_TEST := HF_HUB_DISABLE_PROGRESS_BARS=1 $(BIN)/nbdev_test --n_workers 2 --timing
 
 test: setup sync-check ## the quick tier (minutes): sync checks, the notebooks' examples, every real part once, each room's happy path and bad input

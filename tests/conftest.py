@@ -3,11 +3,13 @@
 Tiers: `make test` runs `pytest -m "not full"`, the quick tier (every real part once, each room's happy path and bad input);
 `make test-full` runs everything. A test joins the full tier with `@pytest.mark.full` (or a module's `pytestmark`).
 
-Parallel runs (pytest-xdist, `--dist loadfile`): each module runs whole on one worker, so its module fixtures (a server, a
-trained model, a Ray cluster) are built once. (`--dist loadgroup` would let modules share a worker by `xdist_group` marks, but
-xdist 3.8 renames node ids in a way pytest 9 no longer reads: the marks are silently ignored.) Two modules may run Ray side by
-side: each worker has its own Ray temporary folder, so a `ray.init()` can never attach to a cluster that another worker's test
-started, and each `mwml serve` picks its own HAProxy and fallback-proxy ports (`mwml.serve.ray_serve_env`).
+Parallel runs (pytest-xdist, `--dist load`): tests go to whichever worker is free, so a module's fixtures (a server, a trained
+model, a Ray cluster) may be built once on each worker. Measured on this machine's two cores, that beats keeping each module
+on one worker (`--dist loadfile`: the full tier's pytest took over 40 minutes, its longest modules ending alone); and
+`--dist loadgroup` with `xdist_group` marks is no option today: xdist 3.8 renames node ids in a way pytest 9 no longer reads,
+so the marks are silently ignored. Two tests may run Ray side by side: each worker has its own Ray temporary folder, so a
+`ray.init()` can never attach to a cluster that another worker's test started, and each `mwml serve` picks its own HAProxy
+and fallback-proxy ports (`mwml.serve.ray_serve_env`).
 """
 
 import os

@@ -218,7 +218,9 @@ class RayCluster:
         return self.node2.kill(sig)
 
     def restart_second_node(self):
-        "Start the second node again after `kill_second_node`, once the head has seen it die, and wait until both are ALIVE."
+        "Start the second node again after `kill_second_node` (if it was killed), once the head has seen it die; wait until both are ALIVE."
+        if self.node2.alive():  # a test that failed before its kill: nothing to restart
+            return
         self.wait_nodes(1, timeout=300)  # else the old node, not yet marked dead, counts among the ALIVE ones
         self.node2 = start_node("node2", self.node2_args, self.root / "w2", self.env)
         self.node2.wait_started()
