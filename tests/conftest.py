@@ -4,12 +4,13 @@ Tiers: `make test` runs `pytest -m "not full"`, the quick tier (every real part 
 `make test-full` runs everything. A test joins the full tier with `@pytest.mark.full` (or a module's `pytestmark`).
 
 Parallel runs (pytest-xdist, `--dist load`): tests go to whichever worker is free, so a module's fixtures (a server, a trained
-model, a Ray cluster) may be built once on each worker. Measured on this machine's two cores, that beats keeping each module
-on one worker (`--dist loadfile`: the full tier's pytest took over 40 minutes, its longest modules ending alone); and
-`--dist loadgroup` with `xdist_group` marks is no option today: xdist 3.8 renames node ids in a way pytest 9 no longer reads,
-so the marks are silently ignored. Two tests may run Ray side by side: each worker has its own Ray temporary folder, so a
-`ray.init()` can never attach to a cluster that another worker's test started, and each `mwml serve` picks its own HAProxy
-and fallback-proxy ports (`mwml.serve.ray_serve_env`).
+model, a Ray cluster) may be built once on each worker. `--dist loadgroup` with `xdist_group` marks is no option today: xdist
+3.8 renames node ids in a way pytest 9 no longer reads, so the marks are silently ignored (the suite ran as `--dist load`
+while it asked for groups). `--dist loadfile`, each module whole on one worker, was tried: test_scale's node-killing tests then
+shared one cluster in a row, and Ray Train never placed its second worker after the serve test had killed and restarted a
+node (the test hung until pytest-timeout failed it). Two tests may run Ray side by side: each worker has its own Ray
+temporary folder, so a `ray.init()` can never attach to a cluster that another worker's test started, and each `mwml serve`
+picks its own HAProxy and fallback-proxy ports (`mwml.serve.ray_serve_env`).
 """
 
 import os
