@@ -203,8 +203,8 @@ class RayCluster:
         return {n.name: round(pss_mb(session_pids(n.proc.pid)), 1) for n in (self.head, self.node2) if n}
 
     def node2_id(self) -> str:
-        "Node id of the second node (the one with the `node2` resource)."
-        return next(n["node_id"] for n in self.nodes() if "node2" in (n.get("resources_total") or {}))
+        "Node id of the live second node (the one with the `node2` resource; once killed and restarted, the GCS still lists the dead one)."
+        return next(n["node_id"] for n in self.alive_nodes() if "node2" in (n.get("resources_total") or {}))
 
     def head_id(self) -> str:
         "Node id of the head."
