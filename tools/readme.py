@@ -468,14 +468,18 @@ def footprint(r: Results) -> str:
     runs = d.get("runs", [])
     quick = [run for run in runs if run["tier"] == "quick" and run["returncode"] == 0]
     ci = [run for run in runs if run["tier"] == "ci"]
-    parts = [f"`make setup` took {duration(d['setup_seconds'])} on a fresh clone" if d.get("setup_seconds") else "`make setup` is not timed yet"]
+    timed = d.get("setup_seconds")
+    setup = f"`make setup` took {duration(timed)} on a fresh clone" if timed else "`make setup` is not timed yet"
+    parts = [setup]
     if quick:
         parts.append(f"`make test` (the quick tier) {duration(max(run['seconds'] for run in quick))}")
     if ci:
         passed, burned = sum(run["returncode"] == 0 for run in ci), sum(run["burner"] for run in ci)
         low, high = min(run["seconds"] for run in ci), max(run["seconds"] for run in ci)
-        parts.append(f"CI's `.ci/run` (`make test-full`, then the linter) {duration(low)} to {duration(high)}, passing {passed} of "
-                     f"{len(ci)} runs in a row ({burned} of them beside a process spinning on one core)")
+        parts.append(
+            f"CI's `.ci/run` (`make test-full`, then the linter) {duration(low)} to {duration(high)}, passing {passed} of "
+            f"{len(ci)} runs in a row ({burned} of them beside a process spinning on one core)"
+        )
     load = max([d["load_average"]["start"][0], d["load_average"]["end"][0]] + [run["load_average"]["end"][0] for run in runs])
     where = f"`footprint.json`, {d['machine']['cores']} cores, 1-minute load average up to {load:.1f}"
     return f"the virtual environment takes {d['venv_gib']:.1f} GiB on disk; {', '.join(parts)} ({where})"
