@@ -150,10 +150,8 @@ def test_serve_puts_a_replica_on_each_node_and_survives_losing_one(cluster, on_c
     base = f"http://127.0.0.1:{port}"
     try:
         wait_until_ready(server, base, patience=300)  # one replica answers (Serve may still be starting the other); slow if busy
-        deadline = time.monotonic() + 180
-        while set(cluster.actor_nodes("ServeReplica", alive=True)) != both_nodes(cluster):
-            assert time.monotonic() < deadline, f"no live replica on each node: {cluster.state('actors')}"
-            time.sleep(2)
+        replicas_on_both = lambda: set(cluster.actor_nodes("ServeReplica", alive=True)) == both_nodes(cluster)  # noqa: E731
+        wait_for(replicas_on_both, "a live replica on each node", 180, every=2)
         holdout = load("holdout", get_settings(env)).head(16)
         items = [{"title": t, "description": d} for t, d in zip(holdout.title, holdout.description)]
         answers = httpx.post(f"{base}/predict", json={"items": items}, timeout=60).json()["predictions"]
