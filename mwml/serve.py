@@ -6,10 +6,10 @@
 __all__ = ['logger', 'INGRESSES', 'LOG_TABLES', 'PREDICTIONS', 'FEEDBACK', 'SHADOW_BACKLOG', 'SHADOW_FLUSH_S', 'ERRORS',
            'OPEN_PATHS', 'Supervisor', 'METRICS_NAMESPACE', 'LOCAL_HOSTS', 'ServeConfig', 'add_missing_columns',
            'replace_row', 'is_logged', 'write_feedback', 'PredictionLog', 'existing_log', 'read_predictions',
-           'shown_log', 'Route', 'log_row', 'MicroBatcher', 'pinned_ref', 'ShadowPool', 'ModelFailure', 'loggable',
-           'Engine', 'Item', 'predict_request_model', 'feedback_request_model', 'Problem', 'Problems', 'ServerError',
-           'error_responses', 'Prediction', 'Predictions', 'ModelInfo', 'Health', 'Ready', 'Recorded', 'auth_refusal',
-           'read_limited', 'body_refusal', 'internal_error', 'add_guard', 'validation_problems',
+           'shown_log', 'Route', 'log_row', 'Overloaded', 'MicroBatcher', 'pinned_ref', 'ShadowPool', 'ModelFailure',
+           'loggable', 'Engine', 'Item', 'predict_request_model', 'feedback_request_model', 'Problem', 'Problems',
+           'ServerError', 'error_responses', 'Prediction', 'Predictions', 'ModelInfo', 'Health', 'Ready', 'Recorded',
+           'auth_refusal', 'read_limited', 'body_refusal', 'internal_error', 'add_guard', 'validation_problems',
            'add_validation_answers', 'add_probe_routes', 'holdout_metrics', 'add_model_routes', 'declare_bearer_auth',
            'build_app', 'reload_on_sighup', 'supervised', 'serve_uvicorn', 'live_metrics', 'merge_metrics',
            'share_metrics', 'log_to_replica_file', 'replica_app', 'reload_replica', 'serve_deployment',
@@ -21,6 +21,7 @@ import asyncio
 import hmac
 import json
 import logging
+import math
 import multiprocessing
 import os
 import signal
@@ -44,7 +45,7 @@ import torch
 from fastapi import FastAPI, Header, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.metrics_core import Metric
 from prometheus_client.parser import text_string_to_metric_families
 from pydantic import BaseModel, ConfigDict, Field
@@ -58,7 +59,7 @@ from .predict import Predictor
 # %% ../nbs/11_serve.ipynb #651ac1d1
 logger = logging.getLogger(__name__)
 
-_MINIMUMS = {"max_items": 1, "max_body_bytes": 1, "max_batch_size": 1, "batch_wait_s": 0}
+_MINIMUMS = {"max_items": 1, "max_body_bytes": 1, "max_batch_size": 1, "batch_wait_s": 0, "max_queued": 1, "max_wait_s": 0}
 INGRESSES = ("haproxy", "proxy")
 
 @dataclass
@@ -69,6 +70,8 @@ class ServeConfig:
     max_body_bytes: int = 1_000_000  # request body limit
     max_batch_size: int = 32  # items per forward pass (dynamic batching)
     batch_wait_s: float = 0.0  # extra wait for a batch to fill; 0: take what is queued
+    max_queued: int = 1024  # items waiting for the model at most; a request that would pass it is refused (503, Retry-After)
+    max_wait_s: float = 0.5  # the longest wait for the model a request may expect (from recent speed); longer: refused the same way
     prediction_log: str = field(default="", repr=False)  # SQLite file or SQLAlchemy URL; default $MWML_HOME/predictions.db
     token: str | None = field(default=None, repr=False)  # bearer token (MWML_API_TOKEN); None: no auth
     ingress: str = "haproxy"  # Ray Serve's front door on a Ray that mwml starts: `haproxy` or `proxy` (see `ray_serve_env`)
@@ -245,20 +248,49 @@ def log_row(id: str,  # the prediction's id (what `/feedback` names)
             "shadow_of": shadow_of, "error": answer.get("error")}
 
 # %% ../nbs/11_serve.ipynb #18bcaec8
+class Overloaded(Exception):
+    "Too much is waiting for the model: refused now (503) rather than left to wait; try again in `retry_after` seconds."
+    def __init__(self, message: str, retry_after: int):
+        super().__init__(message)
+        self.retry_after = retry_after
+
 class MicroBatcher:
-    "Gather concurrent single-item calls into batches for `fn(items) -> results`."
-    def __init__(self, fn, max_batch_size: int = 32, wait_s: float = 0.0):
+    "Gather concurrent single-item calls into batches for `fn(items) -> results`; refuse work that would wait too long."
+    def __init__(self, fn,  # `fn(items) -> results`, called in a worker thread
+                 max_batch_size: int = 32,  # items per call of `fn`
+                 wait_s: float = 0.0,  # extra wait for a batch to fill
+                 max_queued: int | None = None,  # items waiting at most (`admit`); None: no bound
+                 max_wait_s: float | None = None,  # the longest expected wait for `fn` (`admit`); None: no limit
+                 ):
         self.fn, self.max_batch_size, self.wait_s = fn, max_batch_size, wait_s
+        self.max_queued, self.max_wait_s = max_queued, max_wait_s
         self.queue, self.loop = None, None
-        self.sizes: list[int] = []
+        self.item_s = 0.0  # seconds per item in recent batches (a moving average); 0 before the first batch
+
+    def queued(self) -> int:
+        "Items waiting for `fn` now."
+        return self.queue.qsize() if self.queue else 0
+
+    def admit(self, n: int = 1,  # items a request would queue
+              ):
+        "Raise `Overloaded` if `n` more items would pass `max_queued`, or wait longer than `max_wait_s` behind the queue."
+        queued = self.queued()
+        wait = queued * self.item_s  # what the queue ahead of them takes, at recent speed
+        if queued == 0: return  # an idle batcher takes any request
+        if self.max_queued is not None and queued + n > self.max_queued: why = f"{queued} items wait (at most {self.max_queued})"
+        elif self.max_wait_s is not None and wait > self.max_wait_s:
+            why = f"the {queued} items queued take about {wait:.2f} s (at most {self.max_wait_s} s)"
+        else: return
+        raise Overloaded(f"the server is overloaded: {why}; retry after the Retry-After seconds", max(1, math.ceil(wait)))
 
     async def __call__(self, item):
         "The result of `fn` for `item`, computed in a batch with whatever else is queued."
-        if self.loop is not asyncio.get_running_loop():  # first call, or a new event loop (a restarted server)
-            self.queue, self.loop = asyncio.Queue(), asyncio.get_running_loop()
-            self.task = self.loop.create_task(self._run(self.queue))
-        future = asyncio.get_running_loop().create_future()
-        await self.queue.put((item, future))
+        loop = asyncio.get_running_loop()
+        if self.loop is not loop:  # first call, or a new event loop (a restarted server)
+            self.queue, self.loop = asyncio.Queue(), loop
+            self.task = loop.create_task(self._run(self.queue))
+        future = loop.create_future()
+        self.queue.put_nowait((item, future))
         return await future
 
     async def _run(self, queue: asyncio.Queue):
@@ -270,12 +302,18 @@ class MicroBatcher:
                 if (left := deadline - time.monotonic()) <= 0: break
                 try: batch.append(await asyncio.wait_for(queue.get(), left))
                 except TimeoutError: break
-            self.sizes.append(len(batch))
-            try: results = await asyncio.to_thread(self.fn, [item for item, _ in batch])
-            except Exception as e:  # every caller of the batch gets the error
-                for _, future in batch: future.set_exception(e)
-                continue
-            for (_, future), result in zip(batch, results): future.set_result(result)
+            batch = [(item, future) for item, future in batch if not future.done()]  # cancelled: its caller gave up
+            if not batch: continue
+            start = time.perf_counter()
+            try: results, error = await asyncio.to_thread(self.fn, [item for item, _ in batch]), None
+            except Exception as e: results, error = [None] * len(batch), e  # every caller of the batch gets the error
+            per_item = (time.perf_counter() - start) / len(batch)
+            self.item_s = per_item if self.item_s == 0 else 0.8 * self.item_s + 0.2 * per_item
+            for (_, future), result in zip(batch, results):
+                if future.done(): continue  # its caller gave up while the batch ran
+                if error: future.set_exception(error)
+                else: future.set_result(result)
+
 
 # %% ../nbs/11_serve.ipynb #d37c6ed4
 def pinned_ref(info: dict,  # `Predictor.info`: what the model's reference named
@@ -362,7 +400,9 @@ class Engine:
         self.predictions = Counter("mwml_predictions", "predictions by tag", ["tag"], registry=self.registry)
         self.batch_sizes = Histogram("mwml_batch_size", "items per forward pass", registry=self.registry, buckets=(1, 2, 4, 8, 16, 32, 64))
         self.shadow_dropped = Counter("mwml_shadow_dropped", "shadow copies not answered: too many waiting", registry=self.registry)
-        self._batched = MicroBatcher(self._run_batch, self.config.max_batch_size, self.config.batch_wait_s)
+        self.shed = Counter("mwml_shed", "requests refused with 503: too many items waiting, or too long a wait", registry=self.registry)
+        self._batched = MicroBatcher(self._run_batch, config.max_batch_size, config.batch_wait_s, config.max_queued, config.max_wait_s)
+        Gauge("mwml_queued_items", "items waiting for the model", registry=self.registry).set_function(self._batched.queued)
         self.shadows = ShadowPool()
         self._shadowed = MicroBatcher(self._run_shadow_batch, self.config.max_batch_size, self.config.batch_wait_s)  # its own queue
         self._shadow_tasks: set[asyncio.Task] = set()
@@ -411,6 +451,10 @@ class Engine:
                       user: str | None = None,  # a user (or session) key: all its items take that user's arm; None: each item its own
                       ) -> list[dict]:
         "Predict `items` (batched with concurrent requests), log every answer, return answers with ids; `ModelFailure` if one failed."
+        try: self._batched.admit(len(items))
+        except Overloaded:
+            self.shed.inc()
+            raise
         start, ids = time.perf_counter(), [uuid.uuid4().hex for _ in items]
         routes = [self.route(user or id) for id in ids]
         answers = await asyncio.gather(*[self._batched((item, route.predictor)) for item, route in zip(items, routes)])
@@ -513,7 +557,8 @@ ERRORS = {400: (Problem, "the body is not UTF-8 JSON"), 401: (Problem, "missing 
           404: (Problem, "no such prediction"), 413: (Problem, "the body is over the size limit"),
           422: (Problems, "the request failed validation: one line per problem"),
           429: (Problem, "too many requests from this client: wait the `Retry-After` seconds"),
-          500: (ServerError, "a bug of ours, logged under `error_id`"), 503: (Problem, "no model loaded yet")}
+          500: (ServerError, "a bug of ours, logged under `error_id`"),
+          503: (Problem, "no model loaded yet, or overloaded: try again after the `Retry-After` seconds")}
 
 def error_responses(*statuses: int) -> dict:
     "The OpenAPI `responses` of a route that may answer `statuses` (500 always: any route may hit a bug)."
@@ -709,7 +754,9 @@ def add_model_routes(app: FastAPI,  # the API
                                                          description="a user or session key: under a roll-out its "
                                                                      "requests all take the same arm")] = None):
         loaded()
-        return {"predictions": await engine.predict([item.model_dump() for item in body.items], user)}
+        try: answers = await engine.predict([item.model_dump() for item in body.items], user)
+        except Overloaded as e: return JSONResponse({"detail": str(e)}, 503, {"Retry-After": str(e.retry_after)})
+        return {"predictions": answers}
 
     @app.post("/feedback", response_model=Recorded, responses=error_responses(*auth, 400, 404, 413, 422))
     async def feedback(body: Feedback):
@@ -890,6 +937,7 @@ def serve_deployment(config: ServeConfig,  # how to serve
 
     @serve.deployment(name="mwml", num_replicas=replicas, ray_actor_options={"num_cpus": cpus_per_replica},
                       max_ongoing_requests=4 * config.max_batch_size, health_check_period_s=2, graceful_shutdown_timeout_s=5,
+                      max_queued_requests=config.max_queued,  # more waiting for a replica: 503 from Serve itself
                       logging_config={"enable_access_log": False})  # a line per request, streamed to the driver: CPU for nothing
     @serve.ingress(lambda: replica_app(config, threads, setup))
     class MwmlServer:

@@ -10,8 +10,10 @@ import subprocess
 import sys
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import httpx
 import mlflow
@@ -227,3 +229,20 @@ def hammer(url: str, n: int, concurrency: int, headers: dict, results: list, rec
 def in_flight_at(moment: float, record: list) -> int:
     "How many of `hammer`'s requests (its `record`) were in flight at monotonic time `moment`."
     return sum(start <= moment <= end for start, end, _ in record)
+
+
+def hang_up(base: str, n: int, headers: dict, concurrency: int = 20):
+    """`n` clients that each send a one-item `/predict` to `base` and close the connection before the answer: at once, or up to
+    45 ms later (client `i` waits `i % 10` * 5 ms), so that some go while their item waits and some while it is computed."""
+    url = urlsplit(base)
+    body = json.dumps({"items": [{"title": "object detection", "description": "a client that gives up"}]}).encode()
+    fields = {"Host": url.netloc, "Content-Type": "application/json", "Content-Length": str(len(body)), **headers}
+    request = ("POST /predict HTTP/1.1\r\n" + "".join(f"{k}: {v}\r\n" for k, v in fields.items()) + "\r\n").encode() + body
+
+    def give_up(i: int):
+        with socket.create_connection((url.hostname, url.port), timeout=30) as s:
+            s.sendall(request)
+            time.sleep(i % 10 * 0.005)  # the client's patience, not a wait for the server
+
+    with ThreadPoolExecutor(concurrency) as pool:
+        list(pool.map(give_up, range(n)))

@@ -5,7 +5,9 @@ replica, a promoted champion picked up on SIGHUP by every replica, Ctrl+C and SI
 import logging
 import re
 import signal
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import mlflow
@@ -16,6 +18,7 @@ from fastapi.testclient import TestClient
 from helpers import (
     free_port,
     hammer,
+    hang_up,
     in_flight_at,
     interrupt,
     mwml_env,
@@ -43,6 +46,19 @@ class Explodes(Predictor):
     def predict_frame(self, items):
         if "boom" in set(items.title):
             raise RuntimeError("the model failed")
+        return super().predict_frame(items)
+
+
+class Held(Predictor):
+    "A predictor that holds each batch until the test opens `gate`, so that a queue builds behind it; `entered`: a batch is in."
+
+    def __init__(self, *args):
+        super().__init__(*args)
+        self.entered, self.gate = threading.Event(), threading.Event()
+
+    def predict_frame(self, items):
+        self.entered.set()
+        self.gate.wait(120)
         return super().predict_frame(items)
 
 
@@ -159,6 +175,28 @@ def test_a_model_failure_is_a_500_with_an_error_id_in_the_log_and_the_server_goe
     assert 'mwml_requests_total{endpoint="/predict",status="200"} 1.0' in metrics
 
 
+def test_an_overloaded_server_refuses_at_once_with_503_and_retry_after(tmp_path, untrained_tiny):
+    "The model is held busy and four items wait: the next request is refused while the model is still held; the rest are answered."
+    model = Held(Tagger.load(untrained_tiny), {"ref": str(untrained_tiny)})
+    engine = Engine(ServeConfig(model=str(untrained_tiny), max_queued=4, prediction_log=str(tmp_path / "log.db")), model)
+    one = {"items": [{"title": "object detection"}]}
+    with TestClient(build_app(engine)) as client, ThreadPoolExecutor(5) as pool:
+        accepted = [pool.submit(client.post, "/predict", json=one)]
+        wait_for(model.entered.is_set, "the first request's batch is in the model")
+        accepted += [pool.submit(client.post, "/predict", json=one) for _ in range(4)]
+        wait_for(lambda: metric(client.get("/metrics").text, "mwml_queued_items") == 4, "four items wait behind it")
+        refused = client.post("/predict", json={"items": [{"title": "YOLO"}, {"title": "BERT"}]})  # answered: the model is held
+        model.gate.set()
+        statuses = [f.result().status_code for f in accepted]
+        after = client.post("/predict", json=one)
+        metrics = client.get("/metrics").text
+    assert refused.status_code == 503 and int(refused.headers["Retry-After"]) >= 1, refused.text
+    assert refused.json()["detail"].startswith("the server is overloaded: 4 items wait (at most 4)"), refused.text
+    assert statuses == [200] * 5 and after.status_code == 200, (statuses, after.text)
+    assert (metric(metrics, "mwml_shed_total"), metric(metrics, "mwml_queued_items")) == (1, 0)
+    assert len(engine.log.read()) == 6  # every answer is logged; the refused request left nothing
+
+
 def test_unknown_paths_share_one_metrics_label(client):
     for i in range(20):
         assert client.get(f"/scan-{i}", headers=TOKEN).status_code == 404
@@ -250,6 +288,15 @@ def per_replica(text: str, name: str) -> dict[str, float]:
     return {replica: float(value) for replica, value in pattern.findall(text)}
 
 
+def assert_answers_after_clients_hang_up(base: str):
+    "1,000 clients hang up mid-request (Ray Serve cancels their requests: that once stopped the batcher); then 200 are answered."
+    hang_up(base, 1000, TOKEN)
+    answered = []
+    for t in hammer(f"{base}/predict", 200, 8, TOKEN, answered):
+        t.join()
+    assert answered == [200] * 200, [s for s in answered if s != 200]
+
+
 def serve_first_version(served, replicas: int):
     "Promote the first version and start `mwml serve --replicas N` on a free port: (env, first, second, base URL, process)."
     env, first, second = served
@@ -275,6 +322,7 @@ def test_mwml_serve_on_uvicorn_reloads_on_sighup_and_stops_on_ctrl_c(served):
         metrics = httpx.get(f"{base}/metrics", headers=TOKEN).text
         assert metric(metrics, "mwml_batch_size_sum") == items
         assert 1 <= metric(metrics, "mwml_batch_size_count") <= items
+        assert_answers_after_clients_hang_up(base)
     finally:
         stderr = interrupt(server)  # Ctrl+C once: shutting down (uvicorn, then the interpreter with torch) can take several seconds
     assert server.returncode == 0, stderr
@@ -337,7 +385,7 @@ def assert_metrics_cover(base: str, live: set[str], items: int):
 
 
 def test_mwml_serve_on_ray_serve(ray_serve):
-    "Two replicas answer as the champion does, both serve the review room's routes, and one scrape of /metrics covers both."
+    "Two replicas answer as the champion does, serve the review routes, share one /metrics, and outlive clients that hang up."
     env, _, _, base, _ = ray_serve
     items = assert_serves_the_champion(base, env)
     # the review room's routes are in the replicas too (`mwml serve`'s setup hook), with the reviewer token they inherited
@@ -346,6 +394,7 @@ def test_mwml_serve_on_ray_serve(ray_serve):
     assert httpx.get(f"{base}/review/next", headers=reviewer, timeout=10).json()["item"] is None  # nothing queued yet
     live = wait_for_two_replicas(base)  # /ready needs only one; the other may still be loading its model
     assert_metrics_cover(base, live, items)
+    assert_answers_after_clients_hang_up(base)
 
 
 @pytest.mark.full
