@@ -11,8 +11,8 @@ __all__ = ['logger', 'INGRESSES', 'LOG_TABLES', 'PREDICTIONS', 'FEEDBACK', 'SHAD
            'ServerError', 'error_responses', 'Prediction', 'Predictions', 'ModelInfo', 'Health', 'Ready', 'Recorded',
            'auth_refusal', 'read_limited', 'body_refusal', 'internal_error', 'add_guard', 'validation_problems',
            'add_validation_answers', 'add_probe_routes', 'holdout_metrics', 'add_model_routes', 'declare_bearer_auth',
-           'build_app', 'reload_on_sighup', 'supervised', 'serve_uvicorn', 'live_metrics', 'merge_metrics',
-           'share_metrics', 'log_to_replica_file', 'replica_app', 'reload_replica', 'serve_deployment',
+           'build_app', 'reload_on_sighup', 'supervised', 'end_now', 'GracefulServer', 'serve_uvicorn', 'live_metrics',
+           'merge_metrics', 'share_metrics', 'log_to_replica_file', 'replica_app', 'reload_replica', 'serve_deployment',
            'model_deployment', 'ModelNotDeployed', 'handle_loop', 'DeployedModel', 'AppArgs', 'app', 'free_port',
            'ray_serve_env', 'serve_ray', 'run_server']
 
@@ -32,7 +32,7 @@ import uuid
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
-from contextlib import closing, contextmanager, nullcontext, suppress
+from contextlib import asynccontextmanager, closing, contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field
 from functools import lru_cache
 from itertools import count
@@ -42,6 +42,7 @@ from typing import Annotated, Literal, NamedTuple
 import pandas as pd
 import sqlalchemy as sa
 import torch
+import uvicorn
 from fastapi import FastAPI, Header, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
@@ -59,7 +60,7 @@ from .predict import Predictor
 # %% ../nbs/11_serve.ipynb #651ac1d1
 logger = logging.getLogger(__name__)
 
-_MINIMUMS = {"max_items": 1, "max_body_bytes": 1, "max_batch_size": 1, "batch_wait_s": 0, "max_queued": 1, "max_wait_s": 0}
+_MINIMUMS = {"max_items": 1, "max_body_bytes": 1, "max_batch_size": 1, "batch_wait_s": 0, "max_queued": 1, "max_wait_s": 0, "grace_s": 0}
 INGRESSES = ("haproxy", "proxy")
 
 @dataclass
@@ -72,6 +73,7 @@ class ServeConfig:
     batch_wait_s: float = 0.0  # extra wait for a batch to fill; 0: take what is queued
     max_queued: int = 1024  # items waiting for the model at most; a request that would pass it is refused (503, Retry-After)
     max_wait_s: float = 0.5  # the longest wait for the model a request may expect (from recent speed); longer: refused the same way
+    grace_s: float = 10.0  # on SIGTERM or Ctrl+C: how long requests in flight may take to finish (new ones are refused)
     prediction_log: str = field(default="", repr=False)  # SQLite file or SQLAlchemy URL; default $MWML_HOME/predictions.db
     token: str | None = field(default=None, repr=False)  # bearer token (MWML_API_TOKEN); None: no auth
     ingress: str = "haproxy"  # Ray Serve's front door on a Ray that mwml starts: `haproxy` or `proxy` (see `ray_serve_env`)
@@ -403,6 +405,7 @@ class Engine:
         self.shed = Counter("mwml_shed", "requests refused with 503: too many items waiting, or too long a wait", registry=self.registry)
         self._batched = MicroBatcher(self._run_batch, config.max_batch_size, config.batch_wait_s, config.max_queued, config.max_wait_s)
         Gauge("mwml_queued_items", "items waiting for the model", registry=self.registry).set_function(self._batched.queued)
+        self.in_flight = Gauge("mwml_requests_in_flight", "requests being handled (a scrape counts itself)", registry=self.registry)
         self.shadows = ShadowPool()
         self._shadowed = MicroBatcher(self._run_shadow_batch, self.config.max_batch_size, self.config.batch_wait_s)  # its own queue
         self._shadow_tasks: set[asyncio.Task] = set()
@@ -669,10 +672,11 @@ def add_guard(app: FastAPI,  # the API
         takes_body = request.method == "POST" and any(route.path == path and "POST" in getattr(route, "methods", ())
                                                       for route in app.routes)  # else the router answers 404 or 405
         try:
-            response = auth_refusal(config.token, path, request.headers.get("authorization"), engine.own_auth)
-            if response is None and takes_body:
-                response = body_refusal(await read_limited(request, config.max_body_bytes), config.max_body_bytes)
-            if response is None: response = await call_next(request)
+            with engine.in_flight.track_inprogress():
+                response = auth_refusal(config.token, path, request.headers.get("authorization"), engine.own_auth)
+                if response is None and takes_body:
+                    response = body_refusal(await read_limited(request, config.max_body_bytes), config.max_body_bytes)
+                if response is None: response = await call_next(request)
         except Exception: response = internal_error(endpoint)
         response.headers["X-Mwml-Replica"] = engine.replica
         engine.count(endpoint, start, response.status_code)
@@ -787,9 +791,13 @@ def declare_bearer_auth(app: FastAPI,  # the API, its routes added
 # %% ../nbs/11_serve.ipynb #bc344fa2
 def build_app(engine: Engine,  # its model loaded by the caller
               ) -> FastAPI:
-    "The API around `engine`."
+    "The API around `engine`; as it shuts down (after the requests in flight), the shadow answers still pending are logged."
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        yield
+        await engine.drain_shadows()
     app = FastAPI(title="mwml", description="Tags ML projects: natural-language-processing, computer-vision, mlops or other.",
-                  version="1")
+                  version="1", lifespan=lifespan)
     add_guard(app, engine)
     add_validation_answers(app)
     add_probe_routes(app, engine)
@@ -825,6 +833,19 @@ def supervised(supervise: Supervisor | None,  # started on entry with `reload`; 
     finally:
         if stop: stop()
 
+# %% ../nbs/11_serve.ipynb #f2eb78f5
+def end_now(sig: int):
+    "End this process by signal `sig` at once, as if it had no handler for it (a second SIGTERM: the operator will not wait)."
+    signal.signal(sig, signal.SIG_DFL)
+    signal.raise_signal(sig)
+
+class GracefulServer(uvicorn.Server):
+    "uvicorn's server, but `run` returns after a graceful stop (uvicorn raises the signal again) and a second SIGTERM ends the process."
+    def handle_exit(self, sig: int, frame):
+        if self.should_exit and sig == signal.SIGTERM: end_now(sig)
+        if self.should_exit and sig == signal.SIGINT: self.force_exit = True  # a second Ctrl+C: stop waiting, as uvicorn does
+        self.should_exit = True  # not recorded in `_captured_signals`, so never raised again
+
 # %% ../nbs/11_serve.ipynb #fdde04b8
 def serve_uvicorn(config: ServeConfig,  # how to serve
                   host: str = "127.0.0.1",  # interface to bind
@@ -834,13 +855,14 @@ def serve_uvicorn(config: ServeConfig,  # how to serve
                   supervise: Supervisor | None = None,  # runs beside the server with its reload function (a roll-out's controller)
                   ):
     "Serve with uvicorn alone, in this process, until Ctrl+C or SIGTERM; SIGHUP reloads the model."
-    import uvicorn
     engine = Engine(config, predictor) if predictor is not None else Engine(config).load()
     if setup: setup(engine)
     logger.info("serving on http://%s:%d with uvicorn alone (replica %s); SIGHUP reloads the model", host, port, engine.replica)
-    # uvicorn shuts down gracefully on Ctrl+C, then re-raises it for us: we are done
-    with reload_on_sighup(engine.load), supervised(supervise, engine.load), closing(engine.shadows), suppress(KeyboardInterrupt):
-        uvicorn.run(build_app(engine), host=host, port=port, log_level="warning")
+    server = GracefulServer(uvicorn.Config(build_app(engine), host=host, port=port, log_level="warning",
+                                           timeout_graceful_shutdown=config.grace_s))
+    with reload_on_sighup(engine.load), supervised(supervise, engine.load), closing(engine.shadows):
+        server.run()
+    logger.info("stopped: requests in flight had up to %s s to finish; shadow answers logged", config.grace_s)
 
 # %% ../nbs/11_serve.ipynb #511711ea
 def live_metrics(pushed: dict[str, str],  # replica -> the JSON it pushed: `{"time": ..., "text": ...}`
@@ -936,7 +958,7 @@ def serve_deployment(config: ServeConfig,  # how to serve
     from ray import serve
 
     @serve.deployment(name="mwml", num_replicas=replicas, ray_actor_options={"num_cpus": cpus_per_replica},
-                      max_ongoing_requests=4 * config.max_batch_size, health_check_period_s=2, graceful_shutdown_timeout_s=5,
+                      max_ongoing_requests=4 * config.max_batch_size, health_check_period_s=2, graceful_shutdown_timeout_s=config.grace_s,
                       max_queued_requests=config.max_queued,  # more waiting for a replica: 503 from Serve itself
                       logging_config={"enable_access_log": False})  # a line per request, streamed to the driver: CPU for nothing
     @serve.ingress(lambda: replica_app(config, threads, setup))
@@ -1083,7 +1105,10 @@ def serve_ray(config: ServeConfig,  # how to serve
                 host, port, replicas, cpus, "the cluster's Serve ingress" if on_cluster
                 else "HAProxy" if os.environ.get("RAY_SERVE_ENABLE_HA_PROXY") == "1" else "Ray's HTTP proxy")
     stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    def on_sigterm(sig: int, frame):
+        if stop.is_set(): end_now(sig)  # the second one
+        stop.set()
+    signal.signal(signal.SIGTERM, on_sigterm)
     with reload_on_sighup(reload), supervised(supervise, reload):
         try: stop.wait()
         except KeyboardInterrupt: pass

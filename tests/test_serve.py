@@ -2,12 +2,15 @@
 modes over real HTTP on 127.0.0.1: uvicorn alone (`--replicas 0`) and Ray Serve with two replicas (answers, a killed
 replica, a promoted champion picked up on SIGHUP by every replica, Ctrl+C and SIGTERM)."""
 
+import json
 import logging
 import re
 import signal
+import socket
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from urllib.parse import urlsplit
 
 import httpx
 import mlflow
@@ -23,6 +26,7 @@ from helpers import (
     interrupt,
     mwml_env,
     register,
+    serve,
     start_mwml,
     terminate,
     train,
@@ -327,6 +331,80 @@ def test_mwml_serve_on_uvicorn_reloads_on_sighup_and_stops_on_ctrl_c(served):
         stderr = interrupt(server)  # Ctrl+C once: shutting down (uvicorn, then the interpreter with torch) can take several seconds
     assert server.returncode == 0, stderr
     assert "Traceback" not in stderr, stderr
+
+
+BODY = json.dumps({"items": [{"title": "held back", "description": "a body sent in two parts"}]}).encode()
+
+
+def half_sent(base: str) -> socket.socket:
+    "Start a `/predict` and send half its body: the request is in flight, waiting for the rest, until `rest_of` sends it."
+    url = urlsplit(base)
+    client = socket.create_connection((url.hostname, url.port), timeout=60)
+    head = f"POST /predict HTTP/1.1\r\nHost: {url.netloc}\r\nAuthorization: {TOKEN['Authorization']}\r\n"
+    head += f"Content-Type: application/json\r\nContent-Length: {len(BODY)}\r\n\r\n"
+    client.sendall(head.encode() + BODY[: len(BODY) // 2])
+    return client
+
+
+def rest_of(client: socket.socket) -> bytes:
+    "Send the rest of a `half_sent` body; the whole answer, read until the server closes the connection."
+    client.sendall(BODY[len(BODY) // 2 :])
+    answer = b""
+    while chunk := client.recv(65536):
+        answer += chunk
+    return answer
+
+
+def in_flight(base: str) -> float:
+    "The requests the server is handling now, this scrape of /metrics included."
+    return metric(httpx.get(f"{base}/metrics", headers=TOKEN, timeout=10).text, "mwml_requests_in_flight")
+
+
+def refuses_connections(base: str) -> bool:
+    "Whether a new connection to the server is refused (its port is closed)."
+    try:
+        httpx.get(f"{base}/health", timeout=5)
+    except httpx.ConnectError:
+        return True
+    return False
+
+
+def test_sigterm_finishes_requests_in_flight_within_the_grace_period_refuses_new_ones_and_exits_0(served):
+    "Two requests are in flight at SIGTERM: the port closes, one is finished and answered, the other is given up after `grace_s`."
+    promote(served[0], served[1])
+    server, base = serve({**served[0], "MWML_SERVE_GRACE_S": "2"})
+    finished, abandoned = half_sent(base), half_sent(base)
+    try:
+        wait_for(lambda: in_flight(base) == 3, "both half-sent requests are in flight", process=server)
+        server.send_signal(signal.SIGTERM)
+        wait_for(lambda: refuses_connections(base), "the port closed: new requests are refused", process=server)
+        answer = rest_of(finished)
+        stderr = server.communicate(timeout=60)[1]  # `abandoned` never completes: the grace period ends the wait for it
+    finally:
+        finished.close()
+        abandoned.close()
+    assert answer.startswith(b"HTTP/1.1 200") and b'"predictions"' in answer, answer
+    assert server.returncode == 0, stderr
+    # the one traceback is uvicorn's report of the abandoned request, cancelled when the grace period ended
+    assert stderr.count("Traceback") == stderr.count("CancelledError: Task cancelled, timeout graceful shutdown exceeded") == 1, stderr
+
+
+def test_a_second_sigterm_ends_the_server_at_once(served):
+    "A request holds the graceful stop (grace period 600 s); a second SIGTERM ends the process without waiting for it."
+    promote(served[0], served[1])
+    server, base = serve({**served[0], "MWML_SERVE_GRACE_S": "600"})
+    held = half_sent(base)
+    try:
+        wait_for(lambda: in_flight(base) == 2, "the half-sent request is in flight", process=server)
+        server.send_signal(signal.SIGTERM)
+        wait_for(lambda: refuses_connections(base), "the port closed: the graceful stop began", process=server)
+        server.send_signal(signal.SIGTERM)
+        server.communicate(timeout=120)  # far less than the 600 s the graceful stop would wait
+    finally:
+        held.close()
+        if server.poll() is None:
+            server.kill()
+    assert server.returncode == -signal.SIGTERM
 
 
 def replica_of(base: str) -> str | None:
