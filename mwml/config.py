@@ -280,6 +280,8 @@ def _sqlite_pragmas(dbapi_connection, connection_record):
 def open_database(url: URL,  # from `database_url`
                   connect_timeout: int = 5,  # seconds to wait for a server to answer; SQLite waits 30 s for a lock instead
                   read_only: bool = False,  # SQLite: open the file read-only (it must exist); servers: no effect
+                  statement_timeout: float | None = None,  # seconds a statement may wait for SQLite's lock (default 30) or run on
+                                                           # PostgreSQL (its `statement_timeout`; default none)
                   ) -> Engine:
     "An engine for `url`: SQLite in WAL mode, a server with a connect timeout and a liveness check before each use."
     try:
@@ -288,12 +290,14 @@ def open_database(url: URL,  # from `database_url`
             if read_only and not memory:
                 url = url.set(database=f"file:{url.database}", query={**url.query, "mode": "ro", "uri": "true"})
             elif not memory: Path(url.database).parent.mkdir(parents=True, exist_ok=True)
-            engine = sa.create_engine(url, connect_args={"timeout": 30, "check_same_thread": False},
+            engine = sa.create_engine(url, connect_args={"timeout": statement_timeout or 30, "check_same_thread": False},
                                       poolclass=sa.pool.StaticPool if memory else None)  # one in-memory database, not one per thread
             if not read_only: sa.event.listen(engine, "connect", _sqlite_pragmas)
             return engine
         timeout = _TIMEOUT_ARGS.get(url.get_backend_name())
         args = {timeout: connect_timeout} if timeout and timeout not in url.query else {}
+        if statement_timeout and url.get_backend_name() == "postgresql" and "options" not in url.query:
+            args["options"] = f"-c statement_timeout={round(statement_timeout * 1000)}"
         return sa.create_engine(url, connect_args=args, pool_pre_ping=True)
     except NoSuchModuleError:
         raise DatabaseError(f"{shown_url(url)}: SQLAlchemy knows no database {url.drivername!r}; "

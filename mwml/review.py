@@ -11,7 +11,6 @@ __all__ = ['logger', 'PARTS', 'SAMPLE_COLUMNS', 'UNBIASED_PARTS', 'REVIEW_TABLES
            'attach_review']
 
 # %% ../nbs/14_review.ipynb #1ccfd479
-import asyncio
 import hashlib
 import hmac
 import json
@@ -516,27 +515,27 @@ def add_review_routes(app: FastAPI,  # the API
     @app.get("/review/next", include_in_schema=False)
     async def next_item(request: Request):
         reviewer = reviewer_of(request, config)
-        item, left = await asyncio.to_thread(review.next_item, reviewer)
+        item, left = await engine.logged(review.next_item, reviewer)
         return {"reviewer": reviewer, "item": item, "open": left}
 
     @app.post("/review/label", include_in_schema=False)
     async def label(body: Answer, request: Request):
         reviewer = reviewer_of(request, config)
-        try: agreed = await asyncio.to_thread(review.label, body.id, reviewer, body.tag)
+        try: agreed = await engine.logged(review.label, body.id, reviewer, body.tag)
         except ReviewError as e: raise refused(e) from None
         return {"recorded": True, "agreed": agreed}
 
     @app.get("/review/status", include_in_schema=False)
     async def status(request: Request):
         reviewer_of(request, config)
-        return await asyncio.to_thread(review_status, review)
+        return await engine.logged(review_status, review)
 
     @app.post("/report", status_code=201, response_model=Reported, responses=error_responses(400, 401, 404, 413, 422, 429))
     async def report(body: Report, request: Request,
                      user: Annotated[str | None, Header(alias="X-Mwml-User", max_length=200,
                                                         description="the user's key, so reports are limited per user")] = None):
         client = f"user:{user}" if user else f"address:{request.client.host if request.client else 'unknown'}"
-        try: report_id = await asyncio.to_thread(review.report, body.id, body.tag, client, config.reports_per_minute)
+        try: report_id = await engine.logged(review.report, body.id, body.tag, client, config.reports_per_minute)
         except ReviewError as e: raise refused(e) from None
         return Reported(report_id=report_id)
     return app

@@ -4,14 +4,15 @@
 
 # %% auto #0
 __all__ = ['logger', 'INGRESSES', 'LOG_TABLES', 'PREDICTIONS', 'FEEDBACK', 'SHADOW_BACKLOG', 'SHADOW_FLUSH_S', 'ERRORS',
-           'OPEN_PATHS', 'Supervisor', 'METRICS_NAMESPACE', 'LOCAL_HOSTS', 'ServeConfig', 'add_missing_columns',
-           'replace_row', 'is_logged', 'write_feedback', 'PredictionLog', 'existing_log', 'read_predictions',
-           'shown_log', 'Route', 'log_row', 'Overloaded', 'MicroBatcher', 'pinned_ref', 'ShadowPool', 'ModelFailure',
-           'loggable', 'Engine', 'Item', 'predict_request_model', 'feedback_request_model', 'Problem', 'Problems',
-           'ServerError', 'error_responses', 'Prediction', 'Predictions', 'ModelInfo', 'Health', 'Ready', 'Recorded',
-           'auth_refusal', 'read_limited', 'body_refusal', 'internal_error', 'add_guard', 'validation_problems',
-           'add_validation_answers', 'add_probe_routes', 'holdout_metrics', 'add_model_routes', 'declare_bearer_auth',
-           'build_app', 'reload_on_sighup', 'supervised', 'end_now', 'GracefulServer', 'serve_uvicorn', 'live_metrics',
+           'OPEN_PATHS', 'LOG_RETRY_S', 'Supervisor', 'METRICS_NAMESPACE', 'LOCAL_HOSTS', 'ServeConfig',
+           'add_missing_columns', 'replace_row', 'is_logged', 'write_feedback', 'PredictionLog', 'existing_log',
+           'read_predictions', 'shown_log', 'Route', 'log_row', 'Overloaded', 'MicroBatcher', 'pinned_ref',
+           'ShadowPool', 'ModelFailure', 'loggable', 'Engine', 'Item', 'predict_request_model',
+           'feedback_request_model', 'Problem', 'Problems', 'ServerError', 'error_responses', 'Prediction',
+           'Predictions', 'ModelInfo', 'Health', 'Ready', 'Recorded', 'auth_refusal', 'read_limited', 'body_refusal',
+           'internal_error', 'log_unavailable', 'add_guard', 'validation_problems', 'add_validation_answers',
+           'add_probe_routes', 'holdout_metrics', 'add_model_routes', 'declare_bearer_auth', 'build_app',
+           'reload_on_sighup', 'supervised', 'end_now', 'GracefulServer', 'serve_uvicorn', 'live_metrics',
            'merge_metrics', 'share_metrics', 'log_to_replica_file', 'replica_app', 'reload_replica', 'serve_deployment',
            'model_deployment', 'ModelNotDeployed', 'handle_loop', 'DeployedModel', 'AppArgs', 'app', 'free_port',
            'ray_serve_env', 'serve_ray', 'run_server']
@@ -30,7 +31,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from contextlib import asynccontextmanager, closing, contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field
@@ -60,7 +61,8 @@ from .predict import Predictor
 # %% ../nbs/11_serve.ipynb #651ac1d1
 logger = logging.getLogger(__name__)
 
-_MINIMUMS = {"max_items": 1, "max_body_bytes": 1, "max_batch_size": 1, "batch_wait_s": 0, "max_queued": 1, "max_wait_s": 0, "grace_s": 0}
+_MINIMUMS = {"max_items": 1, "max_body_bytes": 1, "max_batch_size": 1, "batch_wait_s": 0, "max_queued": 1, "max_wait_s": 0, "grace_s": 0,
+             "log_timeout_s": 0.001}
 INGRESSES = ("haproxy", "proxy")
 
 @dataclass
@@ -74,6 +76,7 @@ class ServeConfig:
     max_queued: int = 1024  # items waiting for the model at most; a request that would pass it is refused (503, Retry-After)
     max_wait_s: float = 0.5  # the longest wait for the model a request may expect (from recent speed); longer: refused the same way
     grace_s: float = 10.0  # on SIGTERM or Ctrl+C: how long requests in flight may take to finish (new ones are refused)
+    log_timeout_s: float = 5.0  # the longest a log write may wait for SQLite's lock or run on PostgreSQL; then 503
     prediction_log: str = field(default="", repr=False)  # SQLite file or SQLAlchemy URL; default $MWML_HOME/predictions.db
     token: str | None = field(default=None, repr=False)  # bearer token (MWML_API_TOKEN); None: no auth
     ingress: str = "haproxy"  # Ray Serve's front door on a Ray that mwml starts: `haproxy` or `proxy` (see `ray_serve_env`)
@@ -155,10 +158,11 @@ def write_feedback(conn: sa.Connection,  # inside a transaction
 class PredictionLog:
     "Predictions and feedback in any SQL database: a file path is SQLite (WAL), a URL a server such as PostgreSQL."
     def __init__(self, path: Path | str,  # a SQLite file, or a SQLAlchemy URL such as `postgresql://user:pw@host/db`
+                 timeout_s: float | None = None,  # the longest a statement may wait for SQLite's lock or run on PostgreSQL
                  ):
         self.url = database_url(path)
         self.path = Path(self.url.database) if self.url.get_backend_name() == "sqlite" and self.url.database else None
-        self.engine = open_database(self.url)
+        self.engine = open_database(self.url, statement_timeout=timeout_s)
         self._lock = threading.Lock() if self.url.get_backend_name() == "sqlite" else nullcontext()  # one SQLite writer per process
         with self._lock, connected(self.engine) as conn:  # also proves a server is reachable
             LOG_TABLES.create_all(conn)
@@ -392,7 +396,8 @@ class Engine:
     def __init__(self, config: ServeConfig,  # how to serve
                  predictor: Predictor | None = None,  # a loaded model; None: call `load`
                  ):
-        self.config, self.predictor, self.log = config, predictor, PredictionLog(config.prediction_log)
+        self.config, self.predictor, self.log = config, predictor, PredictionLog(config.prediction_log, config.log_timeout_s)
+        self._log_threads = ThreadPoolExecutor(2, thread_name_prefix="mwml-log")  # a slow log never holds up the model's threads
         self.replica = uuid.uuid4().hex[:8]  # this copy of the API, in the `X-Mwml-Replica` header and the log
         self._reload_lock = threading.Lock()
         self.registry = CollectorRegistry()
@@ -402,6 +407,7 @@ class Engine:
         self.predictions = Counter("mwml_predictions", "predictions by tag", ["tag"], registry=self.registry)
         self.batch_sizes = Histogram("mwml_batch_size", "items per forward pass", registry=self.registry, buckets=(1, 2, 4, 8, 16, 32, 64))
         self.shadow_dropped = Counter("mwml_shadow_dropped", "shadow copies not answered: too many waiting", registry=self.registry)
+        self.shadow_unlogged = Counter("mwml_shadow_unlogged", "shadow answers the log could not take", registry=self.registry)
         self.shed = Counter("mwml_shed", "requests refused with 503: too many items waiting, or too long a wait", registry=self.registry)
         self._batched = MicroBatcher(self._run_batch, config.max_batch_size, config.batch_wait_s, config.max_queued, config.max_wait_s)
         Gauge("mwml_queued_items", "items waiting for the model", registry=self.registry).set_function(self._batched.queued)
@@ -470,7 +476,7 @@ class Engine:
             else:
                 out.append({"id": id, **answer, "arm": route.arm})
                 self.predictions.labels(answer["tag"]).inc()
-        await asyncio.to_thread(self.log.write, rows)  # failures too: a roll-out's error gate counts them
+        await self.logged(self.log.write, rows)  # failures too: a roll-out's error gate counts them; no log row, no answer
         if failures: raise ModelFailure(f"the {failures[0][0]} model failed: {failures[0][1]}") from failures[0][1]
         for id, item, route in zip(ids, items, routes):
             for arm, predictor in route.shadows: self._shadow(id, item, Route(arm, predictor, route.rollout_id))
@@ -499,7 +505,14 @@ class Engine:
         while self._shadow_rows:
             await asyncio.sleep(SHADOW_FLUSH_S)
             rows, self._shadow_rows = self._shadow_rows, []
-            await asyncio.to_thread(self.log.write, rows)
+            try: await self.logged(self.log.write, rows)
+            except DatabaseError as e:  # nobody waits for these answers: count them, say why, go on
+                self.shadow_unlogged.inc(len(rows))
+                logger.warning("%d shadow answers were not logged: %s", len(rows), e)
+
+    async def logged(self, write: Callable, *args):
+        "`write(*args)` (a call that uses the log) in the log's own threads; its result."
+        return await asyncio.get_running_loop().run_in_executor(self._log_threads, write, *args)
 
     async def drain_shadows(self):
         "Wait until every shadow copy sent so far is answered and logged."
@@ -659,10 +672,19 @@ def internal_error(endpoint: str,  # where it happened, for the log
     return JSONResponse({"detail": "internal error: a bug in the server, logged under this error id", "error_id": error_id}, 500)
 
 # %% ../nbs/11_serve.ipynb #cba81f6a
+LOG_RETRY_S = 5  # the `Retry-After` of a 503 for a log that cannot be written
+
+def log_unavailable(error: DatabaseError,  # what the log raised (its database named, and the driver's reason)
+                    ) -> JSONResponse:
+    "The 503 for a request whose log write failed (a full disk, a database that is down): no answer without its log row."
+    logger.error("the prediction log failed: %s", error)
+    return JSONResponse({"detail": f"the prediction log cannot be written, so no answer is given; retry later. {error}"}, 503,
+                        {"Retry-After": str(LOG_RETRY_S)})
+
 def add_guard(app: FastAPI,  # the API
               engine: Engine,  # its config (token, body limit) and metrics
               ) -> FastAPI:
-    "Check auth, then a POST's body, before any handler; answer a crash with a 500 and an error id; count every request."
+    "Check auth, then a POST's body, before any handler; a log that fails is a 503, a crash a 500 with an error id; count requests."
     config = engine.config
 
     @app.middleware("http")
@@ -677,6 +699,7 @@ def add_guard(app: FastAPI,  # the API
                 if response is None and takes_body:
                     response = body_refusal(await read_limited(request, config.max_body_bytes), config.max_body_bytes)
                 if response is None: response = await call_next(request)
+        except DatabaseError as e: response = log_unavailable(e)
         except Exception: response = internal_error(endpoint)
         response.headers["X-Mwml-Replica"] = engine.replica
         engine.count(endpoint, start, response.status_code)
@@ -767,7 +790,7 @@ def add_model_routes(app: FastAPI,  # the API
         if engine.predictor is not None and body.tag not in engine.predictor.classes:  # a reload brought other tags
             msg = f"Input should be one of {list(engine.predictor.classes)}"
             raise RequestValidationError([{"loc": ("body", "tag"), "msg": msg, "type": "literal_error"}])
-        if not await asyncio.to_thread(engine.log.feedback, body.id, body.tag):
+        if not await engine.logged(engine.log.feedback, body.id, body.tag):
             raise HTTPException(404, f"no prediction with id {body.id!r}")
         return Recorded(recorded=True)
     return app

@@ -81,6 +81,16 @@ class PostgresServer:
             pytest.fail(f"{command[0]} failed ({out.returncode}): {out.stderr or out.stdout}\nserver log:\n{log}")
         return out
 
+    def start(self, check: bool = True) -> subprocess.CompletedProcess:
+        "Start the server on its folder and port (tuned for tests: no fsync)."
+        options = f"-h {self.host} -p {self.port} -k {self.folder} -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
+        data = self.folder / "data"
+        return self.run("pg_ctl", "-D", data, "-l", self.folder / "server.log", "-w", "-t", "60", "-o", options, "start", check=check)
+
+    def stop(self, mode: str = "immediate"):
+        "Stop the server (`immediate`: at once, its data thrown away; `fast`: connections closed, data kept)."
+        self.run("pg_ctl", "-D", self.folder / "data", "-m", mode, "-w", "stop", check=False)
+
     def create_database(self) -> str:
         "A new, empty database; its URL."
         import psycopg
@@ -102,10 +112,7 @@ def start_postgres(bin_dir: Path, tries: int = 3) -> PostgresServer:
     server.run("initdb", "-D", folder / "data", "-U", server.superuser, "--auth=trust", "-E", "UTF8", "--no-locale", "--no-sync")
     for attempt in range(tries):  # another process may take the port between our check and the server's bind
         server.port = free_port()
-        options = f"-h {server.host} -p {server.port} -k {folder} -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
-        start_command = ["pg_ctl", "-D", folder / "data", "-l", folder / "server.log", "-w", "-t", "60", "-o", options, "start"]
-        out = server.run(*start_command, check=attempt == tries - 1)
-        if out.returncode == 0:
+        if server.start(check=attempt == tries - 1).returncode == 0:
             break
     server.startup_s = time.perf_counter() - start
     logger.info("PostgreSQL %s on %s:%d in %.2f s", bin_dir, server.host, server.port, server.startup_s)
@@ -114,7 +121,7 @@ def start_postgres(bin_dir: Path, tries: int = 3) -> PostgresServer:
 
 def stop_postgres(server: PostgresServer):
     "Stop the server (fast: its data is thrown away) and remove its folder."
-    server.run("pg_ctl", "-D", server.folder / "data", "-m", "immediate", "-w", "stop", check=False)
+    server.stop()
     shutil.rmtree(server.folder, ignore_errors=True)
 
 
@@ -126,6 +133,16 @@ def postgres_server():
         pytest.skip(f"no PostgreSQL server binaries (initdb, pg_ctl, postgres) on PATH, in /usr/lib/postgresql or pgserver: {HOW_TO_GET}")
     pytest.importorskip("psycopg", reason="the PostgreSQL driver psycopg 3 is not installed: pip install 'psycopg[binary]'")
     server = start_postgres(bin_dir)
+    try:
+        yield server
+    finally:
+        stop_postgres(server)
+
+
+@pytest.fixture
+def own_postgres_server(postgres_server):
+    "A PostgreSQL server of this test's own, to stop and start (skipped as `postgres_server` is)."
+    server = start_postgres(postgres_server.bin_dir)
     try:
         yield server
     finally:

@@ -11,9 +11,12 @@ import mlflow
 import pandas as pd
 import pytest
 import sqlalchemy as sa
+from fastapi.testclient import TestClient
 
 from mwml.config import DatabaseError, MwmlError, check_database, database_url, get_settings, use_mlflow
-from mwml.serve import FEEDBACK, PredictionLog, read_predictions, replace_row
+from mwml.models import Tagger
+from mwml.predict import Predictor
+from mwml.serve import FEEDBACK, Engine, PredictionLog, ServeConfig, build_app, read_predictions, replace_row
 
 pytest_plugins = ["postgres_fixture"]
 
@@ -279,3 +282,23 @@ def test_the_rollout_ledger_on_postgres(fresh_postgres_url):
     ledger.finish("r1", "rolled back", "gate error_rate failed", now=4.0)
     assert [e["kind"] for e in ledger.events("r1")] == ["start", "traffic", "end"] and ledger.running() is None
     assert ledger.get("r1")["state"] == "rolled back" and ledger.get("r2") is None
+
+
+def test_a_stopped_log_database_is_a_503_naming_it_and_serving_resumes_when_it_is_back(own_postgres_server, untrained_tiny):
+    "The server fails closed: no answer without its log row. Its connections have a statement_timeout (ServeConfig.log_timeout_s)."
+    server = own_postgres_server
+    model = Predictor(Tagger.load(untrained_tiny), {"ref": str(untrained_tiny)})
+    engine = Engine(ServeConfig(model=str(untrained_tiny), prediction_log=server.create_database(), log_timeout_s=5), model)
+    one = {"items": [{"title": "object detection"}]}
+    with TestClient(build_app(engine)) as client:
+        assert client.post("/predict", json=one).status_code == 200
+        with engine.log.engine.connect() as conn:
+            assert conn.execute(sa.text("SHOW statement_timeout")).scalar() == "5s"
+        server.stop("fast")
+        down = client.post("/predict", json=one)
+        server.start()
+        back = client.post("/predict", json=one)
+    assert (down.status_code, down.headers["Retry-After"]) == (503, "5"), down.text
+    assert f"{server.host}:{server.port}" in down.json()["detail"], down.text
+    assert back.status_code == 200, back.text
+    assert len(engine.log.read()) == 2

@@ -2,14 +2,18 @@
 modes over real HTTP on 127.0.0.1: uvicorn alone (`--replicas 0`) and Ray Serve with two replicas (answers, a killed
 replica, a promoted champion picked up on SIGHUP by every replica, Ctrl+C and SIGTERM)."""
 
+import errno
 import json
 import logging
+import os
 import re
 import signal
 import socket
+import subprocess
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from urllib.parse import urlsplit
 
 import httpx
@@ -38,7 +42,7 @@ from mwml.config import get_settings
 from mwml.data import load
 from mwml.models import Tagger
 from mwml.predict import Predictor
-from mwml.serve import Engine, PredictionLog, ServeConfig, build_app
+from mwml.serve import Engine, PredictionLog, Route, ServeConfig, build_app
 
 TOKEN = {"Authorization": "Bearer s3cret"}
 CLASSES = ["computer-vision", "mlops", "natural-language-processing", "other"]
@@ -199,6 +203,69 @@ def test_an_overloaded_server_refuses_at_once_with_503_and_retry_after(tmp_path,
     assert statuses == [200] * 5 and after.status_code == 200, (statuses, after.text)
     assert (metric(metrics, "mwml_shed_total"), metric(metrics, "mwml_queued_items")) == (1, 0)
     assert len(engine.log.read()) == 6  # every answer is logged; the refused request left nothing
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    "A 2 MB tmpfs: a disk that really fills up (mounting one needs root)."
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(disk)], capture_output=True, text=True)
+    if mounted.returncode:
+        pytest.skip(f"a full disk needs a small tmpfs, and `mount` failed (run as root): {mounted.stderr.strip()}")
+    yield disk
+    subprocess.run(["umount", "--lazy", str(disk)], check=True)
+
+
+def fill(disk: Path) -> Path:
+    "Write a file that takes every free byte of `disk`; the file."
+    filler, block = disk / "filler", 1 << 16
+    fd = os.open(filler, os.O_WRONLY | os.O_CREAT)
+    try:
+        while block:
+            try:
+                os.write(fd, b"\0" * block)
+            except OSError as e:
+                assert e.errno == errno.ENOSPC, e
+                block //= 2
+    finally:
+        os.close(fd)
+    return filler
+
+
+class CopyToo:
+    "The smallest roll-out router: the champion answers, and `model` answers a copy of each item in the shadow."
+
+    def __init__(self, model: Predictor):
+        self.model = model
+
+    def route(self, key):
+        return Route("champion", shadows=(("copy", self.model),))
+
+    def describe(self):
+        return {}
+
+
+def test_a_full_disk_is_a_503_that_says_so_loses_nothing_and_counts_unlogged_shadows(small_disk, untrained_tiny):
+    "Served answers: a 503 naming the full disk, no row half-written, served again once there is room; shadows: counted as unlogged."
+    shadow = Held(Tagger.load(untrained_tiny), {})  # no reference: answers in this process, where the test holds it
+    engine = Engine(ServeConfig(model=str(untrained_tiny), prediction_log=str(small_disk / "log.db")),
+                    Predictor(Tagger.load(untrained_tiny), {"ref": str(untrained_tiny)}))  # fmt: skip
+    engine.router = CopyToo(shadow)
+    big = {"items": [{"title": f"object detection {i}", "description": "d" * 2000} for i in range(64)]}  # 128 kB more in the log
+    with TestClient(build_app(engine)) as client:
+        assert client.post("/predict", json=big).status_code == 200  # logged; its 64 shadow copies are held in the model
+        wait_for(shadow.entered.is_set, "the shadow copies reached their model")
+        filler = fill(small_disk)
+        full = client.post("/predict", json=big)
+        shadow.gate.set()  # the copies are answered now, and the log cannot take them
+        wait_for(lambda: metric(client.get("/metrics").text, "mwml_shadow_unlogged_total") == 64, "64 shadow answers counted")
+        assert (full.status_code, full.headers["Retry-After"]) == (503, "5"), full.text
+        assert "prediction log cannot be written" in full.json()["detail"] and "disk is full" in full.json()["detail"], full.text
+        assert len(engine.log.read()) == 64  # the first request's rows, none of the second's
+        filler.unlink()
+        assert client.post("/predict", json=big).status_code == 200
+    assert len(engine.log.read()) == 128
 
 
 def test_unknown_paths_share_one_metrics_label(client):
@@ -389,6 +456,7 @@ def test_sigterm_finishes_requests_in_flight_within_the_grace_period_refuses_new
     assert stderr.count("Traceback") == stderr.count("CancelledError: Task cancelled, timeout graceful shutdown exceeded") == 1, stderr
 
 
+@pytest.mark.full
 def test_a_second_sigterm_ends_the_server_at_once(served):
     "A request holds the graceful stop (grace period 600 s); a second SIGTERM ends the process without waiting for it."
     promote(served[0], served[1])
