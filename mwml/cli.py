@@ -30,13 +30,14 @@ from .data import SOURCES, fetch, load, read_projects, split, validate
 
 # %% auto #0
 __all__ = ['logger', 'EXIT_ERROR', 'EXIT_USAGE', 'EXIT_REFUSED', 'EXIT_ALERT', 'EXIT_BUG', 'app', 'data_app', 'JsonFlag',
-           'TRAIN_HELP', 'DEVICE_HELP', 'MODEL_HELP', 'LogOption', 'rollout_app', 'review_app', 'handle_errors',
-           'main_options', 'echo_json', 'data_fetch', 'data_validate', 'data_split', 'ModelKind', 'field_help',
-           'use_device', 'tagger_config', 'train', 'tune', 'evaluate', 'register', 'promote', 'leaderboard', 'optimize',
-           'test_model', 'predict', 'predict_file', 'set_up_copy', 'serve', 'OnAlert', 'monitor', 'reference',
-           'parse_parameter_args', 'report', 'check_data', 'train_models', 'assess_models', 'register_and_gate',
-           'pipeline', 'parse_seconds', 'parse_steps', 'rollout_start', 'rollout_status_command', 'rollout_promote',
-           'rollout_abort', 'review_sample', 'review_status_command', 'review_export', 'main']
+           'TRAIN_HELP', 'DEVICE_HELP', 'MODEL_HELP', 'LogOption', 'rollout_app', 'review_app', 'log_app',
+           'handle_errors', 'main_options', 'echo_json', 'data_fetch', 'data_validate', 'data_split', 'ModelKind',
+           'field_help', 'use_device', 'tagger_config', 'train', 'tune', 'evaluate', 'register', 'promote',
+           'leaderboard', 'optimize', 'test_model', 'predict', 'predict_file', 'set_up_copy', 'serve', 'OnAlert',
+           'monitor', 'reference', 'parse_parameter_args', 'report', 'check_data', 'train_models', 'assess_models',
+           'register_and_gate', 'pipeline', 'parse_seconds', 'parse_steps', 'rollout_start', 'rollout_status_command',
+           'rollout_promote', 'rollout_abort', 'review_sample', 'review_status_command', 'review_export', 'log_prune',
+           'log_erase', 'main']
 
 # %% ../nbs/16_cli.ipynb #019913c4
 logger = logging.getLogger(__name__)
@@ -772,6 +773,47 @@ def review_export(folder: Annotated[Path | None, typer.Option(help="where to wri
     from mwml.review import export_reviewed
     with handle_errors(): path, rows = export_reviewed(_review(log), folder or get_settings().raw_dir)
     typer.echo(f"wrote {rows} reviewed row(s) to {path}")
+
+# %% ../nbs/16_cli.ipynb #f6c9a001
+log_app = typer.Typer(help="The prediction log: delete what is older than a retention period, or everything of one user.",
+                      no_args_is_help=True)
+app.add_typer(log_app, name="log")
+
+def _log(log: str | None):
+    from mwml.serve import PredictionLog, ServeConfig, existing_log
+    target = log or ServeConfig.from_env().prediction_log
+    existing_log(target)  # a mistyped path is an error, not a new empty log
+    return PredictionLog(target)
+
+def _duration_s(text: str,  # e.g. 90d, 12h, 30min
+                option: str,  # the option it came from, for the error
+                ) -> float:
+    "Seconds in a duration, or an error that shows how to write one."
+    try: seconds = pd.Timedelta(text).total_seconds()
+    except ValueError: seconds = 0
+    if not seconds > 0: raise MwmlError(f"{option} {text!r} is not a duration: write e.g. 90d, 12h or 30min")
+    return seconds
+
+@log_app.command("prune")
+def log_prune(older_than: Annotated[str, typer.Option(help="delete the predictions older than this, e.g. 90d, 12h or 30min")],
+              log: LogOption = None, as_json: JsonFlag = False):
+    "Delete the predictions older than --older-than, with the feedback, review rows and reports that name them."
+    from mwml.serve import prune_log
+    with handle_errors(): deleted = prune_log(_log(log), _duration_s(older_than, "--older-than"))
+    if as_json: return echo_json(deleted)
+    typer.echo("deleted " + ", ".join(f"{n} row(s) of {table}" for table, n in deleted.items()))
+
+@log_app.command("erase")
+def log_erase(user: Annotated[str, typer.Option(help="the user key their clients sent as X-Mwml-User")],
+              folder: Annotated[Path | None, typer.Option(help="where feedback files are (default the data folder, data/raw)")] = None,
+              log: LogOption = None, as_json: JsonFlag = False):
+    "Erase one user: their predictions, feedback, review rows and reports, and their texts in feedback files (recorded in `erasures`)."
+    from mwml.serve import erase_user
+    with handle_errors(): record = erase_user(_log(log), user, folder or get_settings().raw_dir)
+    if as_json: return echo_json(record)
+    typer.echo(f"erased user {record['user_key']} (their pseudonym): "
+               + ", ".join(f"{n} row(s) of {table}" for table, n in record["rows"].items())
+               + "; feedback files rewritten: " + (", ".join(f"{f} ({n} row(s))" for f, n in record["files"].items()) or "none"))
 
 # %% ../nbs/16_cli.ipynb #f825dc37
 def main():

@@ -25,9 +25,9 @@ from .config import MwmlError, Settings, atomic_write, find_project_root, get_se
 # %% auto #0
 __all__ = ['logger', 'UPSTREAM_URL', 'TAGS', 'SOURCES', 'TITLE_MAX', 'DESCRIPTION_MAX', 'STOPWORDS', 'URL_PATTERN',
            'VALIDATION_ARTIFACT', 'DataError', 'FetchError', 'ChecksumError', 'Source', 'sha256_bytes',
-           'source_location', 'read_location', 'fetch', 'ValidationError', 'project_schema', 'read_projects',
-           'validate', 'load', 'provenance_tags', 'clean_text', 'prepare', 'split', 'LabelIndex', 'class_weights',
-           'resample']
+           'write_named_csv', 'source_location', 'read_location', 'fetch', 'ValidationError', 'project_schema',
+           'read_projects', 'validate', 'load', 'provenance_tags', 'clean_text', 'prepare', 'split', 'LabelIndex',
+           'class_weights', 'resample']
 
 # %% ../nbs/01_data.ipynb #7676d067
 logger = logging.getLogger(__name__)
@@ -71,6 +71,17 @@ SOURCES = {
 def sha256_bytes(data: bytes) -> str:
     "The hex sha256 of `data`."
     return hashlib.sha256(data).hexdigest()
+
+# %% ../nbs/01_data.ipynb #d4a7e001
+def write_named_csv(frame: pd.DataFrame,  # the rows
+                    folder: Path | str,  # where to write
+                    prefix: str,  # the name before the hash, e.g. `feedback`
+                    ) -> Path:
+    "Write `frame` as `<prefix>-<16 hex of its sha256>.csv` in `folder`, atomically (an identical file is kept); its path."
+    data = frame.to_csv(index=False).encode()
+    path = Path(folder) / f"{prefix}-{sha256_bytes(data)[:16]}.csv"
+    if not path.exists(): atomic_write(path, data)
+    return path
 
 # %% ../nbs/01_data.ipynb #2ad9f832
 def _is_url(location: str) -> bool: return re.match(r"^(https?|file)://", location) is not None

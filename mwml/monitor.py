@@ -29,7 +29,7 @@ from fastprogress.fastprogress import progress_bar
 from scipy import stats
 
 from .config import DatabaseError, MwmlError, Settings, atomic_write, get_settings, use_mlflow
-from .data import prepare, sha256_bytes, validate
+from .data import prepare, validate, write_named_csv
 from .evaluate import bootstrap_metrics, confusion_matrices, scores_from_confusion
 from .models import Tagger
 from .registry import Profile, load_model, load_reference
@@ -642,9 +642,7 @@ def feedback_dataset(rows: pd.DataFrame,  # from `read_log`
                           "title": labelled.title.to_numpy(), "description": labelled.description.to_numpy(),
                           "tag": labelled.true_tag.to_numpy()}).drop_duplicates(["title", "description"])
     validate(frame.astype(str), name="the feedback rows")
-    data = frame.to_csv(index=False).encode()
-    path = Path(folder) / f"feedback-{sha256_bytes(data)[:16]}.csv"
-    if not path.exists(): atomic_write(path, data)
+    path = write_named_csv(frame, folder, "feedback")
     logger.info("%d feedback rows -> %s", len(frame), path)
     return path
 

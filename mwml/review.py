@@ -534,7 +534,8 @@ def add_review_routes(app: FastAPI,  # the API
     async def report(body: Report, request: Request,
                      user: Annotated[str | None, Header(alias="X-Mwml-User", max_length=200,
                                                         description="the user's key, so reports are limited per user")] = None):
-        client = f"user:{user}" if user else f"address:{request.client.host if request.client else 'unknown'}"
+        kind, key = ("user", user) if user else ("address", request.client.host if request.client else "unknown")
+        client = f"{kind}:{engine.log.pseudonym(key)}"  # reports are limited per client; the log keeps a pseudonym, not the key
         try: report_id = await engine.logged(review.report, body.id, body.tag, client, config.reports_per_minute)
         except ReviewError as e: raise refused(e) from None
         return Reported(report_id=report_id)
