@@ -36,8 +36,8 @@ __all__ = ['logger', 'EXIT_ERROR', 'EXIT_USAGE', 'EXIT_REFUSED', 'EXIT_ALERT', '
            'leaderboard', 'optimize', 'test_model', 'predict', 'predict_file', 'set_up_copy', 'serve', 'OnAlert',
            'monitor', 'reference', 'parse_parameter_args', 'report', 'check_data', 'train_models', 'assess_models',
            'register_and_gate', 'pipeline', 'parse_seconds', 'parse_steps', 'rollout_start', 'rollout_status_command',
-           'rollout_promote', 'rollout_abort', 'review_sample', 'review_status_command', 'review_export', 'log_prune',
-           'log_erase', 'main']
+           'rollout_promote', 'rollout_abort', 'review_sample', 'review_status_command', 'review_export',
+           'review_add_reviewer', 'log_prune', 'log_erase', 'main']
 
 # %% ../nbs/16_cli.ipynb #019913c4
 logger = logging.getLogger(__name__)
@@ -773,6 +773,16 @@ def review_export(folder: Annotated[Path | None, typer.Option(help="where to wri
     from mwml.review import export_reviewed
     with handle_errors(): path, rows = export_reviewed(_review(log), folder or get_settings().raw_dir)
     typer.echo(f"wrote {rows} reviewed row(s) to {path}")
+
+@review_app.command("add-reviewer")
+def review_add_reviewer(name: Annotated[str, typer.Argument(help="the reviewer's name: letters, digits and ._@- (at most 64)")],
+                        replace: Annotated[bool, typer.Option(help="give a reviewer who has a token a new one; the old one stops "
+                                                                   "working")] = False,
+                        log: LogOption = None, as_json: JsonFlag = False):
+    "Give a reviewer a token of their own, printed once (the log keeps only its salted hash); they sign in on /review with it."
+    with handle_errors(): token = _review(log).add_reviewer(name, replace)
+    if as_json: return echo_json({"reviewer": name, "token": token})
+    typer.echo(f"{name}'s reviewer token (shown once; give it to {name} only): {token}")
 
 # %% ../nbs/16_cli.ipynb #f6c9a001
 log_app = typer.Typer(help="The prediction log: delete what is older than a retention period, or everything of one user.",

@@ -1,7 +1,8 @@
 """The review room through a real `mwml serve` on 127.0.0.1 and a real headless chromium (Debian's, driven by playwright): a
-reviewer signs in and labels items with the keyboard, and the labels land in the prediction log with their source and reviewer;
-the page refuses anyone without the reviewer token; user reports are stored apart, rate-limited and never estimated from; bad
-answers are refused with nothing written; the export meets the data contract."""
+reviewer signs in with their own token and labels items with the keyboard, and the labels land in the prediction log with their
+source and reviewer; the page refuses anyone without their own reviewer token (the page's secret is nobody's); user reports are
+stored apart, rate-limited and never estimated from; bad answers are refused with nothing written; the export meets the data
+contract."""
 
 import json
 import sqlite3
@@ -16,14 +17,15 @@ from mwml.data import load
 from mwml.serve import PredictionLog
 
 API = {"Authorization": "Bearer api-s3cret"}
-REVIEWER_TOKEN = "review-t0ken"
+PAGE_SECRET = "review-page-s3cret"  # MWML_REVIEW_TOKEN: turns the page on and signs sessions; no reviewer's token
+TOKENS: dict[str, str] = {}  # each reviewer's own token, from `mwml review add-reviewer` (the `server` fixture fills it)
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory, untrained_tiny):
     "One `mwml serve` (uvicorn alone) of a tiny tagger with both tokens, 40 holdout answers in its log and a review batch queued."
     home = tmp_path_factory.mktemp("review")
-    env = mwml_env(home, MWML_API_TOKEN="api-s3cret", MWML_REVIEW_TOKEN=REVIEWER_TOKEN, MWML_REVIEW_REPORTS_PER_MINUTE=3)
+    env = mwml_env(home, MWML_API_TOKEN="api-s3cret", MWML_REVIEW_TOKEN=PAGE_SECRET, MWML_REVIEW_REPORTS_PER_MINUTE=3)
     proc, base = serve(env, "--model", untrained_tiny)
     try:
         holdout = load("holdout", get_settings(env)).head(40)
@@ -33,6 +35,8 @@ def server(tmp_path_factory, untrained_tiny):
             assert r.status_code == 200, r.text
         r = run_mwml("review", "sample", "--n", "16", "--seed", "0", "--json", env=env)
         assert r.returncode == 0, r.stderr
+        for name in ("ann", "bob", "dee", "eve"):
+            TOKENS[name] = json.loads(run_mwml("review", "add-reviewer", name, "--json", env=env).stdout)["token"]
         assert json.loads(r.stdout)["parts"] == {"uniform": 8, "stratified": 4, "uncertain": 4}, r.stdout  # an item may be in two
         yield base, env, home / "predictions.db"
     finally:
@@ -47,8 +51,8 @@ def rows(db, query: str, *args) -> list[tuple]:
 
 
 def reviewer(name: str) -> dict:
-    "The headers a script sends to act as reviewer `name`."
-    return {"Authorization": f"Bearer {REVIEWER_TOKEN}", "X-Mwml-Reviewer": name}
+    "The headers a script of reviewer `name` sends: their own token and their name."
+    return {"Authorization": f"Bearer {TOKENS[name]}", "X-Mwml-Reviewer": name}
 
 
 def test_a_reviewer_labels_five_items_with_the_keyboard(server):
@@ -71,8 +75,8 @@ def test_a_reviewer_labels_five_items_with_the_keyboard(server):
         page.fill("input[name=token]", "wrong")
         page.click("button[type=submit]")
         page.wait_for_selector("#error:not(:empty)")  # selectors, not wait_for_function: the page's CSP forbids eval
-        assert page.text_content("#error") == "wrong reviewer token"
-        page.fill("input[name=token]", REVIEWER_TOKEN)
+        assert page.text_content("#error").startswith("wrong reviewer name or token"), page.text_content("#error")
+        page.fill("input[name=token]", TOKENS["ann"])
         page.click("button[type=submit]")
         page.wait_for_selector('body[data-item]:not([data-item=""])')
         page.on("console", lambda m: problems.append(m.text) if m.type == "error" else None)
@@ -102,7 +106,9 @@ def test_a_reviewer_labels_five_items_with_the_keyboard(server):
 
 def test_the_page_is_refused_without_the_reviewer_token(server):
     base, _, _ = server
-    for headers in ({}, API, {**API, "X-Mwml-Reviewer": "mallory"}, {"Cookie": "mwml_reviewer=ann.forged"}):
+    # the page's secret is nobody's token, and one reviewer's token is not another's: one person cannot be two reviewers
+    shared, borrowed = {"Authorization": f"Bearer {PAGE_SECRET}", "X-Mwml-Reviewer": "ann"}, {**reviewer("bob"), "X-Mwml-Reviewer": "ann"}
+    for headers in ({}, API, {**API, "X-Mwml-Reviewer": "mallory"}, {"Cookie": "mwml_reviewer=ann.4102444800.forged"}, shared, borrowed):
         page = httpx.get(f"{base}/review", headers=headers)
         assert page.status_code == 401 and "Sign in" in page.text and "Is it right?" not in page.text
         answer = httpx.get(f"{base}/review/next", headers=headers)

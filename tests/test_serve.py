@@ -30,6 +30,7 @@ from helpers import (
     interrupt,
     mwml_env,
     register,
+    run_mwml,
     serve,
     start_mwml,
     terminate,
@@ -534,9 +535,10 @@ def test_mwml_serve_on_ray_serve(ray_serve):
     "Two replicas answer as the champion does, serve the review routes, share one /metrics, and outlive clients that hang up."
     env, _, _, base, _ = ray_serve
     items = assert_serves_the_champion(base, env)
-    # the review room's routes are in the replicas too (`mwml serve`'s setup hook), with the reviewer token they inherited
+    # the review room's routes are in the replicas too (`mwml serve`'s setup hook): a reviewer's token works on every one
     assert httpx.get(f"{base}/review", timeout=10).status_code == 401  # the sign-in page
-    reviewer = {"Authorization": "Bearer review-t0ken", "X-Mwml-Reviewer": "ann"}
+    token = json.loads(run_mwml("review", "add-reviewer", "ann", "--json", env=env).stdout)["token"]  # in the log every replica reads
+    reviewer = {"Authorization": f"Bearer {token}", "X-Mwml-Reviewer": "ann"}
     assert httpx.get(f"{base}/review/next", headers=reviewer, timeout=10).json()["item"] is None  # nothing queued yet
     live = wait_for_two_replicas(base)  # /ready needs only one; the other may still be loading its model
     assert_metrics_cover(base, live, items)
