@@ -91,20 +91,21 @@ def test_postgres_and_sqlite_agree(fresh_postgres_url, tmp_path):
 
 
 ROLLOUT_COLUMNS = ["arm", "rollout_id", "shadow_of", "error"]  # added by the roll-out issue; empty without a roll-out
+USER_COLUMNS = ["user_key"]  # added by the reliability issue: the X-Mwml-User key's pseudonym; empty without one
 FEEDBACK_COLUMNS = ["source", "reviewer"]  # added by the review issue: who gave the true tag (`api` or `review`, and the reviewer)
 
 
 def test_same_answers_as_the_old_sqlite_log(tmp_path):
     new, old = exercise(PredictionLog(tmp_path / "new.db")), exercise(LegacyPredictionLog(tmp_path / "old.db"))
-    pd.testing.assert_frame_equal(new.drop(columns=ROLLOUT_COLUMNS), old)
-    assert new[ROLLOUT_COLUMNS].isna().all().all()
+    pd.testing.assert_frame_equal(new.drop(columns=ROLLOUT_COLUMNS + USER_COLUMNS), old)
+    assert new[ROLLOUT_COLUMNS + USER_COLUMNS].isna().all().all()
 
     def columns(path):
         with sqlite3.connect(path) as db:
             return {t: [(c[1], c[2], c[5]) for c in db.execute(f"PRAGMA table_info({t})")] for t in ("predictions", "feedback")}
 
     before, after = columns(tmp_path / "old.db"), columns(tmp_path / "new.db")
-    for table, added in (("predictions", ROLLOUT_COLUMNS), ("feedback", FEEDBACK_COLUMNS)):
+    for table, added in (("predictions", ROLLOUT_COLUMNS + USER_COLUMNS), ("feedback", FEEDBACK_COLUMNS)):
         assert after[table][: len(before[table])] == before[table]  # the old columns as they were
         assert [c[0] for c in after[table][len(before[table]) :]] == added  # then the new ones
     with sqlite3.connect(tmp_path / "new.db") as db:
