@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import logging
 import os
 import random
@@ -14,6 +15,8 @@ import socket
 import subprocess
 import sys
 import tempfile
+import time
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -27,13 +30,13 @@ from sqlalchemy.engine import URL, Connection, Engine, make_url
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError, SQLAlchemyError
 
 # %% auto #0
-__all__ = ['LOG_LEVELS', 'DEVICES', 'BOOLEANS', 'KIND_NAMES', 'logger', 'RAY_ENV_PREFIXES', 'MwmlError', 'SettingsError',
-           'find_project_root', 'Settings', 'env_setting', 'get_settings', 'atomic_write', 'LazyFileHandler',
-           'setup_logging', 'set_seeds', 'pick_device', 'DatabaseError', 'is_database_url', 'hide_password',
-           'shown_url', 'database_url', 'server_address', 'open_database', 'driver_reason', 'database_error',
-           'connected', 'check_database', 'artifact_location', 'use_mlflow', 'git_sha', 'RayConnectionError',
-           'check_ray_address', 'ray_worker_setup', 'ray_runtime_env', 'ClusterTrackingError', 'check_cluster_tracking',
-           'init_ray']
+__all__ = ['LOG_LEVELS', 'DEVICES', 'BOOLEANS', 'KIND_NAMES', 'logger', 'SECRETS_NAMESPACE', 'RAY_ENV_PREFIXES', 'SECRET_NAME',
+           'MwmlError', 'SettingsError', 'find_project_root', 'Settings', 'env_setting', 'get_settings', 'atomic_write',
+           'LazyFileHandler', 'setup_logging', 'set_seeds', 'pick_device', 'DatabaseError', 'is_database_url',
+           'hide_password', 'shown_url', 'database_url', 'server_address', 'open_database', 'driver_reason',
+           'database_error', 'connected', 'check_database', 'artifact_location', 'use_mlflow', 'git_sha',
+           'RayConnectionError', 'check_ray_address', 'driver_secrets', 'ray_worker_setup', 'is_secret',
+           'worker_variables', 'ray_runtime_env', 'ClusterTrackingError', 'check_cluster_tracking', 'init_ray']
 
 # %% ../nbs/00_config.ipynb #ccc30c08
 class MwmlError(Exception):
@@ -406,22 +409,52 @@ def check_ray_address(address: str,  # `host:port` of a cluster's head, `ray://h
                                  "there), check it with `ray status`, or unset RAY_ADDRESS to run on a local Ray") from None
 
 # %% ../nbs/00_config.ipynb #cd7c4b44
+SECRETS_NAMESPACE = "mwml-secrets"  # where drivers hand their workers secrets in Ray's key-value store, one key per driver
+
+def driver_secrets(key: str,  # `MWML_SECRETS_KEY`, from the runtime_env
+                   patience: float = 30,  # seconds to wait: the driver puts them just after `ray.init`
+                   ) -> dict[str, str]:
+    "The secret variables a driver put in Ray's key-value store under `key`."
+    from ray.experimental.internal_kv import _internal_kv_get
+    deadline = time.monotonic() + patience
+    while (value := _internal_kv_get(key, namespace=SECRETS_NAMESPACE)) is None:
+        if time.monotonic() > deadline: raise RayConnectionError(f"the driver's secrets ({key}) never reached Ray's key-value store")
+        time.sleep(0.1)
+    return json.loads(value)
+
 def ray_worker_setup():
-    "Ray runs this in every worker process as it starts: its stdout goes to stderr, so the driver's stdout stays the command's."
+    "Ray runs this in every worker process as it starts: stdout goes to stderr (the driver's stdout stays the command's); secrets."
     sys.stdout = sys.stderr
+    if key := os.environ.get("MWML_SECRETS_KEY"): os.environ.update(driver_secrets(key))
 
 # %% ../nbs/00_config.ipynb #17ef5064
 RAY_ENV_PREFIXES = ("MWML_", "MLFLOW_")  # the variables every Ray worker gets from the driver
+SECRET_NAME = re.compile(r"(TOKEN|PASSWORD|SECRET)$")  # a variable so named holds a credential
+
+def is_secret(name: str,  # a variable's name
+              value: str,  # and its value
+              ) -> bool:
+    "Whether a variable holds a credential: its name ends in TOKEN, PASSWORD or SECRET, or its value is a URL with a password."
+    return bool(SECRET_NAME.search(name) or _PASSWORD.search(value))
+
+def worker_variables(settings: Settings | None = None,  # default `get_settings(env)`
+                     env: dict | None = None,  # the driver's variables; default `os.environ`
+                     secret: bool = False,  # the secret ones (`is_secret`); False: the others
+                     ) -> dict[str, str]:
+    "The driver's mwml and MLflow variables that every worker gets (the settings as resolved here, defaults included)."
+    env = os.environ if env is None else env
+    s = settings or get_settings(env)
+    variables = {**{k: v for k, v in env.items() if k.startswith(RAY_ENV_PREFIXES)}, "MWML_HOME": str(s.home),
+                 "MLFLOW_TRACKING_URI": s.tracking_uri}
+    return {k: v for k, v in variables.items() if is_secret(k, v) == secret}
 
 def ray_runtime_env(settings: Settings | None = None,  # default `get_settings(env)`
                     env: dict | None = None,  # the driver's variables; default `os.environ`
                     cluster: bool = False,  # ship the mwml package too (other nodes may have another copy, or none)
+                    secrets_key: str | None = None,  # where the secret variables wait in Ray's key-value store; None: none
                     ) -> dict:
-    "The `runtime_env` that gives every worker, actor and replica this process's mwml settings."
-    env = os.environ if env is None else env
-    s = settings or get_settings(env)
-    variables = {k: v for k, v in env.items() if k.startswith(RAY_ENV_PREFIXES)}
-    variables.update(MWML_HOME=str(s.home), MLFLOW_TRACKING_URI=s.tracking_uri)  # as resolved here, defaults included
+    "The `runtime_env` that gives every worker, actor and replica this process's mwml settings (the secret ones by key only)."
+    variables = {**worker_variables(settings, env), **({"MWML_SECRETS_KEY": secrets_key} if secrets_key else {})}
     runtime_env = {"env_vars": variables, "worker_process_setup_hook": "mwml.config.ray_worker_setup"}
     if cluster: runtime_env["py_modules"] = [str(Path(importlib.util.find_spec("mwml").origin).parent)]
     return runtime_env
@@ -450,12 +483,16 @@ def init_ray(num_cpus: int | None = None,  # CPUs for a local Ray; default: all
     s, address = settings or get_settings(), os.environ.get("RAY_ADDRESS")
     if address: check_ray_address(address)
     local = {} if address else {"num_cpus": num_cpus, "include_dashboard": s.ray_dashboard, "dashboard_host": "127.0.0.1"}
-    try: context = ray.init(address=address or None, runtime_env=ray_runtime_env(s, cluster=bool(address)), log_to_driver=True,
-                            configure_logging=False, **local)
+    secrets, key = worker_variables(s, secret=True), f"driver-{uuid.uuid4().hex}"
+    runtime_env = ray_runtime_env(s, cluster=bool(address), secrets_key=key if secrets else None)
+    try: context = ray.init(address=address or None, runtime_env=runtime_env, log_to_driver=True, configure_logging=False, **local)
     except (ConnectionError, RuntimeError, TimeoutError) as e:
         where = f"the Ray cluster at RAY_ADDRESS={address}" if address else "a local Ray"
         raise RayConnectionError(f"could not start or reach {where}: {e}. Check that the cluster is up (`ray status`), "
                                  "or, on a busy machine, run the command again") from None
+    if secrets:  # workers wait for them (`driver_secrets`): the store is only there once Ray is
+        from ray.experimental.internal_kv import _internal_kv_put
+        _internal_kv_put(key, json.dumps(secrets), namespace=SECRETS_NAMESPACE)
     nodes = sum(node["Alive"] for node in ray.nodes())
     try: check_cluster_tracking(s.tracking_uri, nodes)
     except ClusterTrackingError:

@@ -140,11 +140,19 @@ def test_predict_file_on_both_nodes_matches_the_local_run(cluster, on_cluster, t
     pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "ray.csv"), pd.read_csv(tmp_path / "local.csv"), atol=1e-6)
 
 
+def refusing_replicas(base: str) -> set[str]:
+    "The replicas that answered 401 to one of 10 predictions sent without the API token."
+    answers = [httpx.post(f"{base}/predict", json={"items": [{"title": "no token"}]}, timeout=30) for _ in range(10)]
+    return {r.headers["X-Mwml-Replica"] for r in answers if r.status_code == 401}
+
+
 @pytest.mark.full
 def test_serve_puts_a_replica_on_each_node_and_survives_losing_one(cluster, on_cluster, trained, tmp_path):
     _, version = trained
     port = free_port()
-    env = {**on_cluster, "MWML_SERVE_PREDICTION_LOG": str(tmp_path / "predictions.db")}
+    # a secret the nodes' own environments lack: it reaches the replicas through Ray's key-value store, never the runtime_env
+    env = {**on_cluster, "MWML_SERVE_PREDICTION_LOG": str(tmp_path / "predictions.db"), "MWML_API_TOKEN": "cluster-s3cret"}
+    token = {"Authorization": "Bearer cluster-s3cret"}
     cluster.wait_idle()
     server = start_mwml("serve", "--model", version, "--replicas", "2", "--port", port, env=env)
     base = f"http://127.0.0.1:{port}"
@@ -152,9 +160,18 @@ def test_serve_puts_a_replica_on_each_node_and_survives_losing_one(cluster, on_c
         wait_until_ready(server, base, patience=300)  # one replica answers (Serve may still be starting the other); slow if busy
         replicas_on_both = lambda: set(cluster.actor_nodes("ServeReplica", alive=True)) == both_nodes(cluster)  # noqa: E731
         wait_for(replicas_on_both, "a live replica on each node", 180, every=2)
+        refused_by = set()
+
+        def both_refuse() -> bool:  # a replica without the token would serve anyone: each must refuse a request without it
+            refused_by.update(refusing_replicas(base))
+            return len(refused_by) == 2
+
+        wait_for(both_refuse, "both replicas refuse a request without the token", 120)
+        shown = json.dumps([cluster.state("actors"), cluster.state("jobs")])  # what the dashboard shows of runtime_envs
+        assert "cluster-s3cret" not in shown and "MWML_SECRETS_KEY" in shown
         holdout = load("holdout", get_settings(env)).head(16)
         items = [{"title": t, "description": d} for t, d in zip(holdout.title, holdout.description)]
-        answers = httpx.post(f"{base}/predict", json={"items": items}, timeout=60).json()["predictions"]
+        answers = httpx.post(f"{base}/predict", json={"items": items}, headers=token, timeout=60).json()["predictions"]
         mlflow.set_tracking_uri(env["MLFLOW_TRACKING_URI"])
         expected = Predictor.load(version, settings=get_settings(env)).predict(items)
         assert [a["tag"] for a in answers] == [e["tag"] for e in expected]
@@ -164,7 +181,7 @@ def test_serve_puts_a_replica_on_each_node_and_survives_losing_one(cluster, on_c
         # the second node dies while requests flow, once both replicas have answered in this load: only the requests in flight at
         # that moment may fail, and the head's replica serves on
         results, record = [], []
-        threads = hammer(f"{base}/predict", 300, 4, {}, results, record)
+        threads = hammer(f"{base}/predict", 300, 4, token, results, record)
         wait_for(lambda: len({replica for *_, replica in list(record)} - {None}) == 2, "both replicas answered during the load", 120)
         kill = time.monotonic()
         cluster.kill_second_node()
@@ -176,7 +193,7 @@ def test_serve_puts_a_replica_on_each_node_and_survives_losing_one(cluster, on_c
         assert len(results) == 300 and len(failed) <= flying, failed  # no more than the requests in flight at the kill
         cluster.wait_nodes(1, timeout=300)  # the head has seen the node die (Serve then stops routing to its replica)
         after = []  # serving goes on on the head: every request sent after the kill has been absorbed succeeds
-        for t in hammer(f"{base}/predict", 20, 2, {}, after):
+        for t in hammer(f"{base}/predict", 20, 2, token, after):
             t.join()
         assert after == [200] * 20, after
     finally:
