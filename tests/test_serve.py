@@ -476,6 +476,35 @@ def test_a_second_sigterm_ends_the_server_at_once(served):
     assert server.returncode == -signal.SIGTERM
 
 
+@pytest.mark.full
+def test_every_answer_a_client_got_is_in_the_log_after_kill_9(served):
+    "kill -9 during a burst of writes: every id a client got back is in the log (its row is committed before the answer goes)."
+    promote(served[0], served[1])
+    server, base = serve(served[0])
+    acknowledged = []
+
+    def client():  # until the server is gone
+        with httpx.Client(timeout=30) as http:
+            while True:
+                try:
+                    r = http.post(f"{base}/predict", json={"items": [{"title": "object detection"}] * 4}, headers=TOKEN)
+                except httpx.HTTPError:
+                    return
+                if r.status_code == 200:
+                    acknowledged.extend(p["id"] for p in r.json()["predictions"])
+
+    clients = [threading.Thread(target=client) for _ in range(8)]
+    for t in clients:
+        t.start()
+    wait_for(lambda: len(acknowledged) >= 400, "400 answers acknowledged", process=server)
+    server.kill()  # SIGKILL: no clean-up of any kind
+    server.communicate()
+    for t in clients:
+        t.join()
+    logged = set(PredictionLog(get_settings(served[0]).home / "predictions.db").read().id)
+    assert set(acknowledged) - logged == set(), f"{len(set(acknowledged) - logged)} of {len(acknowledged)} acknowledged ids not logged"
+
+
 def replica_of(base: str) -> str | None:
     "The replica that answers `/model`; None when the connection drops (HAProxy may still route to a replica being replaced)."
     try:
