@@ -36,7 +36,7 @@ from sqlalchemy.exc import IntegrityError
 
 from .config import MwmlError, env_setting
 from .data import TAGS
-from .serve import FEEDBACK, PREDICTIONS, Engine, PredictionLog, error_responses, existing_log, is_logged, write_feedback
+from .serve import PREDICTIONS, Engine, PredictionLog, error_responses, existing_log, is_logged, review_feedback
 
 # %% ../nbs/14_review.ipynb #da5055dd
 logger = logging.getLogger(__name__)
@@ -300,8 +300,7 @@ class Review:
             agreed = consensus(pd.read_sql(sa.select(LABELS).where(LABELS.c.prediction_id == prediction_id), conn))
             if agreed.empty: return None  # skipped
             agreed = agreed.iloc[0]
-            if agreed.tag is not None: write_feedback(conn, prediction_id, agreed.tag, "review", agreed.reviewers)
-            else: conn.execute(FEEDBACK.delete().where(FEEDBACK.c.prediction_id == prediction_id, FEEDBACK.c.source == "review"))
+            review_feedback(conn, prediction_id, agreed.tag, agreed.reviewers)  # None while they disagree: withdrawn
             return agreed.tag
 
     def report(self, prediction_id: str,  # the answer a user thinks is wrong

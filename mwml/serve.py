@@ -4,19 +4,20 @@
 
 # %% auto #0
 __all__ = ['logger', 'INGRESSES', 'LOG_TABLES', 'PREDICTIONS', 'PREDICTION_INDEXES', 'LOG_META', 'ERASURES', 'FEEDBACK',
-           'FEEDBACK_FILES', 'SHADOW_BACKLOG', 'SHADOW_FLUSH_S', 'ERRORS', 'OPEN_PATHS', 'LOG_RETRY_S', 'Supervisor',
-           'PRUNE_EVERY_S', 'METRICS_NAMESPACE', 'LOCAL_HOSTS', 'ServeConfig', 'add_missing_columns', 'replace_row',
-           'is_logged', 'write_feedback', 'log_salt', 'PredictionLog', 'existing_log', 'read_predictions', 'shown_log',
-           'Route', 'log_row', 'delete_predictions', 'prune_log', 'erase_texts', 'erase_user', 'Overloaded',
-           'MicroBatcher', 'pinned_ref', 'ShadowPool', 'ModelFailure', 'loggable', 'Engine', 'Item',
-           'predict_request_model', 'feedback_request_model', 'Problem', 'Problems', 'ServerError', 'error_responses',
-           'Prediction', 'Predictions', 'ModelInfo', 'Health', 'Ready', 'Recorded', 'auth_refusal', 'read_limited',
-           'body_refusal', 'internal_error', 'log_unavailable', 'add_guard', 'validation_problems',
-           'add_validation_answers', 'add_probe_routes', 'holdout_metrics', 'add_model_routes', 'declare_bearer_auth',
-           'build_app', 'reload_on_sighup', 'supervised', 'pruning', 'end_now', 'GracefulServer', 'serve_uvicorn',
-           'live_metrics', 'merge_metrics', 'share_metrics', 'log_to_replica_file', 'replica_app', 'reload_replica',
-           'serve_deployment', 'model_deployment', 'ModelNotDeployed', 'handle_loop', 'DeployedModel', 'AppArgs', 'app',
-           'free_port', 'ray_serve_env', 'serve_ray', 'run_server']
+           'CLIENT_FEEDBACK', 'FEEDBACK_FILES', 'SHADOW_BACKLOG', 'SHADOW_FLUSH_S', 'ERRORS', 'OPEN_PATHS',
+           'LOG_RETRY_S', 'Supervisor', 'PRUNE_EVERY_S', 'METRICS_NAMESPACE', 'LOCAL_HOSTS', 'ServeConfig',
+           'add_missing_columns', 'replace_row', 'is_logged', 'write_feedback', 'client_feedback', 'review_feedback',
+           'log_salt', 'PredictionLog', 'existing_log', 'read_predictions', 'shown_log', 'Route', 'log_row',
+           'delete_predictions', 'prune_log', 'erase_texts', 'erase_user', 'Overloaded', 'MicroBatcher', 'pinned_ref',
+           'ShadowPool', 'ModelFailure', 'loggable', 'Engine', 'Item', 'predict_request_model',
+           'feedback_request_model', 'Problem', 'Problems', 'ServerError', 'error_responses', 'Prediction',
+           'Predictions', 'ModelInfo', 'Health', 'Ready', 'Recorded', 'auth_refusal', 'read_limited', 'body_refusal',
+           'internal_error', 'log_unavailable', 'add_guard', 'validation_problems', 'add_validation_answers',
+           'add_probe_routes', 'holdout_metrics', 'add_model_routes', 'declare_bearer_auth', 'build_app',
+           'reload_on_sighup', 'supervised', 'pruning', 'end_now', 'GracefulServer', 'serve_uvicorn', 'live_metrics',
+           'merge_metrics', 'share_metrics', 'log_to_replica_file', 'replica_app', 'reload_replica', 'serve_deployment',
+           'model_deployment', 'ModelNotDeployed', 'handle_loop', 'DeployedModel', 'AppArgs', 'app', 'free_port',
+           'ray_serve_env', 'serve_ray', 'run_server']
 
 # %% ../nbs/11_serve.ipynb #56275478
 import asyncio
@@ -116,10 +117,12 @@ PREDICTION_INDEXES = [sa.Index(f"predictions_{c}", PREDICTIONS.c[c]) for c in ("
 LOG_META = sa.Table("log_meta", LOG_TABLES, sa.Column("key", sa.Text, primary_key=True), sa.Column("value", sa.Text))
 ERASURES = sa.Table("erasures", LOG_TABLES,  # what `erase_user` removed, without the texts: the record an erasure request asks for
                     sa.Column("time", _DOUBLE), sa.Column("user_key", sa.Text), sa.Column("rows", sa.Text), sa.Column("files", sa.Text))
-FEEDBACK = sa.Table("feedback", LOG_TABLES,
+FEEDBACK = sa.Table("feedback", LOG_TABLES,  # the true tag readers use, one per prediction: reviewers' outranks a client's
                     sa.Column("prediction_id", sa.Text, primary_key=True), sa.Column("tag", sa.Text), sa.Column("time", _DOUBLE),
                     # who said so: `api` (a client's POST /feedback) or `review` (people on the review page, `mwml.review`)
                     sa.Column("source", sa.Text), sa.Column("reviewer", sa.Text))
+CLIENT_FEEDBACK = sa.Table("client_feedback", LOG_TABLES,  # every client's POST /feedback as sent, kept even under a review label
+                           sa.Column("prediction_id", sa.Text, primary_key=True), sa.Column("tag", sa.Text), sa.Column("time", _DOUBLE))
 
 # %% ../nbs/11_serve.ipynb #3dab2545
 def add_missing_columns(conn: sa.Connection,  # inside a transaction
@@ -163,6 +166,27 @@ def write_feedback(conn: sa.Connection,  # inside a transaction
     "Record (or replace) the true tag of a prediction: the one feedback path, whoever gives it."
     replace_row(conn, FEEDBACK, {"prediction_id": prediction_id, "tag": tag, "time": time.time(), "source": source, "reviewer": reviewer},
                 "prediction_id")
+
+def client_feedback(conn: sa.Connection,  # inside a transaction
+                    prediction_id: str,  # a logged prediction
+                    tag: str | None = None,  # a client's true tag to record; None: record nothing
+                    ):
+    "Keep a client's tag apart, and make it the prediction's feedback unless reviewers' label outranks it (or restore it after one)."
+    if tag is not None:
+        replace_row(conn, CLIENT_FEEDBACK, {"prediction_id": prediction_id, "tag": tag, "time": time.time()}, "prediction_id")
+    source = conn.execute(sa.select(FEEDBACK.c.source).where(FEEDBACK.c.prediction_id == prediction_id)).scalar()
+    sent = conn.execute(sa.select(CLIENT_FEEDBACK.c.tag).where(CLIENT_FEEDBACK.c.prediction_id == prediction_id)).scalar()
+    if source != "review" and sent is not None: write_feedback(conn, prediction_id, sent, "api")
+
+def review_feedback(conn: sa.Connection,  # inside a transaction
+                    prediction_id: str,  # a logged prediction
+                    tag: str | None,  # the tag reviewers agreed on; None: they no longer agree
+                    reviewers: str | None = None,  # who agreed
+                    ):
+    "Make reviewers' tag the prediction's feedback (source `review`); None withdraws it, and a client's tag counts again."
+    if tag is not None: return write_feedback(conn, prediction_id, tag, "review", reviewers)
+    conn.execute(FEEDBACK.delete().where(FEEDBACK.c.prediction_id == prediction_id, FEEDBACK.c.source == "review"))
+    client_feedback(conn, prediction_id)
 
 def log_salt(conn: sa.Connection,  # inside a transaction
              ) -> str:
@@ -208,10 +232,10 @@ class PredictionLog:
         with self.transaction() as conn: conn.execute(PREDICTIONS.insert(), rows)
 
     def feedback(self, prediction_id: str, tag: str) -> bool:
-        "Record the true tag of a logged prediction (from a client: source `api`); False when there is no such prediction."
+        "Record a client's true tag of a logged prediction (source `api`, below reviewers'); False when there is no such prediction."
         with self.transaction() as conn:
             if not is_logged(conn, prediction_id): return False
-            write_feedback(conn, prediction_id, tag, "api")
+            client_feedback(conn, prediction_id, tag)
         return True
 
     ALL = "SELECT p.*, f.tag AS true_tag FROM predictions p LEFT JOIN feedback f ON f.prediction_id = p.id"  # with the feedback
