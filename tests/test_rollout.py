@@ -47,10 +47,18 @@ def champion_back(env: dict, version: str):
     mlflow.MlflowClient(get_settings(env).tracking_uri).set_registered_model_alias(get_settings(env).model_name, "champion", version)
 
 
-def wait_for_rollout(base: str, running: bool = True):
-    "Block until the server's router has seen the roll-out start (or, with `running=False`, end)."
-    what = "the router saw the roll-out " + ("start" if running else "end")  # on Ray Serve: once its candidates are deployed
-    wait_for(lambda: (httpx.get(f"{base}/model", headers=TOKEN).json()["rollout"] is not None) == running, what, 90)
+def wait_for_rollout(base: str, running: bool = True, replicas: int = 0):
+    "Block until the router of every copy of the API (`replicas` Ray Serve replicas; 0: uvicorn's one) has seen the roll-out start or end."
+    what = f"every copy's router saw the roll-out {'start' if running else 'end'}"  # on Ray Serve: once its candidates are deployed
+    seen = set()  # the replicas that did: until a replica's router has, its requests take no part in the roll-out
+
+    def every_copy() -> bool:
+        r = httpx.get(f"{base}/model", headers=TOKEN, timeout=30)
+        if (r.json()["rollout"] is not None) == running:
+            seen.add(r.headers["X-Mwml-Replica"])
+        return len(seen) >= max(1, replicas)
+
+    wait_for(every_copy, what, 180, every=0.2)
 
 
 def rollout(env: dict, *args) -> dict:
@@ -98,7 +106,7 @@ def test_a_shadow_candidate_is_logged_never_returned(registered, replicas):
     server, base = serve(env, replicas=replicas)
     try:
         started = rollout(env, "start", "--candidate", broken, "--policy", "shadow")
-        wait_for_rollout(base)
+        wait_for_rollout(base, replicas=replicas)
         batch = items(12)
         answers = [httpx.post(f"{base}/predict", json={"items": [item]}, headers=TOKEN, timeout=60).json()["predictions"][0]
                    for item in batch]  # fmt: skip
@@ -121,7 +129,7 @@ def test_a_shadow_candidate_is_logged_never_returned(registered, replicas):
             assert len(helpers) == 1, helpers
         r = run_mwml("rollout", "abort", env=env)
         assert r.returncode == 0, r.stderr
-        wait_for_rollout(base, running=False)
+        wait_for_rollout(base, running=False, replicas=replicas)
         wait_for(lambda: not candidate_replicas(server), "the candidate's application was deleted once the roll-out ended", 60)
     finally:
         terminate(server)
@@ -138,7 +146,7 @@ def test_a_canary_with_a_broken_candidate_rolls_back_on_its_own(registered, repl
         # the latency gate is the notebook's to prove: here a busy machine's p99 must not decide before the broken answers do
         started = rollout(env, "start", "--candidate", broken, "--steps", "5,25,50,100", "--interval", "60s", "--max-p99-ms", "60000")
         assert started["plan"]["canary"]["gates"]["max_p99_ms"] == 60000
-        wait_for_rollout(base)
+        wait_for_rollout(base, replicas=replicas)
         assert bool(candidate_replicas(server)) == bool(replicas)  # on Ray Serve the candidate runs in an application of its own
         ledger, stop_traffic, sent = Ledger(ledger_target(get_settings(env))), threading.Event(), []
 
@@ -170,7 +178,7 @@ def test_a_canary_with_a_broken_candidate_rolls_back_on_its_own(registered, repl
         assert rollout(env, "status")["traffic"]["shares"] == {broken: 0.0}
         assert mlflow.MlflowClient(get_settings(env).tracking_uri).get_model_version_by_alias(
             get_settings(env).model_name, "champion").version == int(champion)  # fmt: skip
-        wait_for_rollout(base, running=False)
+        wait_for_rollout(base, running=False, replicas=replicas)
         wait_for(lambda: not candidate_replicas(server), "the candidate's application was deleted once the roll-out was rolled back")
     finally:
         terminate(server)

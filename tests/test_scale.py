@@ -204,14 +204,18 @@ def test_serve_puts_a_replica_on_each_node_and_survives_losing_one(cluster, on_c
 @pytest.mark.full
 def test_a_node_dying_mid_training_ends_the_run_failed_with_the_reason(cluster, on_cluster):
     client = mlflow.MlflowClient(on_cluster["MLFLOW_TRACKING_URI"])
-    experiment = client.get_experiment_by_name("mwml").experiment_id
-    before = {r.info.run_id for r in client.search_runs([experiment])}
+
+    def runs() -> list:  # experiment `mwml`'s runs; none before a run creates it (this test may be the first to train)
+        experiment = client.get_experiment_by_name("mwml")
+        return client.search_runs([experiment.experiment_id]) if experiment else []
+
+    before = {r.info.run_id for r in runs()}
     cluster.wait_idle()  # an earlier test's replicas and trials have left the 1-CPU nodes: both workers can start at once
     trainer = start_mwml("train", "--backbone", "tiny", "--epochs", "60", "--sample-size", "400", "--num-workers", "2", env=on_cluster)
     try:
 
         def training():  # the new run, once it has logged an epoch with Ray Train's workers alive on both nodes
-            new = [r for r in client.search_runs([experiment]) if r.info.run_id not in before and "valid_loss" in r.data.metrics]
+            new = [r for r in runs() if r.info.run_id not in before and "valid_loss" in r.data.metrics]
             return new if new and set(cluster.actor_nodes("RayTrainWorker", alive=True)) == both_nodes(cluster) else None
 
         [run] = wait_for(training, "a training run logged an epoch with a worker on each node", 600, every=1, process=trainer)
