@@ -202,8 +202,9 @@ def running_mlflow_server(folder: Path):
 
 
 def hammer(url: str, n: int, concurrency: int, headers: dict, results: list, record: list | None = None):
-    """Send `n` one-item predictions from `concurrency` threads; append each status (or the exception name) to `results` and,
-    with `record`, each request's (start, end, replica that answered or None) to it, in the same order. The started threads."""
+    """Send `n` one-item predictions from `concurrency` threads; append each status (or the exception name; "shed" for a 503 with
+    Retry-After: refused by load shedding, to be retried) to `results` and, with `record`, each request's (start, end, replica that
+    answered or None) to it, in the same order. The started threads."""
 
     def worker(ids):
         with httpx.Client(timeout=30) as http:
@@ -212,6 +213,8 @@ def hammer(url: str, n: int, concurrency: int, headers: dict, results: list, rec
                 try:
                     r = http.post(url, json={"items": [{"title": f"object detection {i}"}]}, headers=headers)
                     outcome, replica = r.status_code, r.headers.get("X-Mwml-Replica")
+                    if outcome == 503 and "Retry-After" in r.headers:
+                        outcome = "shed"
                 except httpx.HTTPError as e:
                     outcome = type(e).__name__
                 with lock:
@@ -224,6 +227,11 @@ def hammer(url: str, n: int, concurrency: int, headers: dict, results: list, rec
     for t in threads:
         t.start()
     return threads
+
+
+def lost(results: list) -> list:
+    "`hammer`'s outcomes that are neither answered (200) nor shed with a Retry-After: requests a client cannot simply retry later."
+    return [outcome for outcome in results if outcome not in (200, "shed")]
 
 
 def in_flight_at(moment: float, record: list) -> int:
