@@ -8,8 +8,9 @@ summary and its slowest tests. Prints a Markdown table; writes benchmarks/result
 
 A fresh clone installs its own .venv (several GB, from the package index pip is configured with) in a temporary folder, removed
 afterwards; it reads the data from the same mirror as this checkout when there is one. `--skip-setup` runs everything in this
-checkout instead. `--keep-runs` adds this invocation's runs to those already in the JSON for the same commit (a long series
-can be measured in parts).
+checkout instead. `--keep-runs` adds this invocation's runs to those already in the JSON when they measured the same code: the
+same commit, or one that differs from this one only in benchmarks/results/ and the README made from it (a long series can be
+measured in parts, its first figures committed in between). Each run records its commit.
 """
 
 import argparse
@@ -65,6 +66,12 @@ def timed(command: list[str], cwd: Path, env: dict, log: Path, burner: bool = Fa
             "slowest": slowest(text), "tail": text.splitlines()[-5:]}  # fmt: skip
 
 
+def same_code(sha: str) -> bool:
+    "Whether commit `sha` and HEAD differ at most in measured results and the README `make readme` fills from them."
+    unmeasured = [":(exclude)benchmarks/results", ":(exclude)README.md"]
+    return subprocess.run(["git", "diff", "--quiet", sha, "HEAD", "--", ".", *unmeasured], cwd=ROOT).returncode == 0
+
+
 def show(runs: list[dict]) -> str:
     "Minutes and exit codes of `runs`, for the table."
     if not runs:
@@ -105,7 +112,7 @@ def main():
     previous = RESULTS / "footprint.json"
     if args.keep_runs and previous.exists():
         old = json.loads(previous.read_text())
-        if old.get("git_sha") == git_state()["git_sha"]:
+        if old.get("git_sha") and same_code(old["git_sha"]):
             result.update({k: old[k] for k in ("setup", "setup_seconds", "fresh_venv_gib") if k in old})
             result["runs"] = old.get("runs", [])
     work = Path(tempfile.mkdtemp(prefix="mwml-footprint-"))
@@ -123,7 +130,7 @@ def main():
         plan = [] if args.skip_quick else [("quick", ["make", "test"], False)]
         plan += [("ci", ["bash", ".ci/run"], False)] * args.runs + [("ci", ["bash", ".ci/run"], True)] * args.burner_runs
         for i, (tier, command, burner) in enumerate(plan):
-            run = {"tier": tier, **timed(command, where, env, work / f"{i}-{tier}.log", burner)}
+            run = {"tier": tier, "git_sha": git_state()["git_sha"], **timed(command, where, env, work / f"{i}-{tier}.log", burner)}
             result["runs"].append(run)
             print(f"{tier}{' + burner' if burner else ''}: {run['seconds'] / 60:.1f} min, exit {run['returncode']}, {run['pytest']}")
             save(bench, result)

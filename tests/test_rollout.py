@@ -42,6 +42,15 @@ def registered(tmp_path_factory, good_files):
     return env, str(first.version), str(good.version), broken
 
 
+@pytest.fixture(autouse=True)
+def no_rollout_left(registered):
+    "A test that failed mid-roll-out aborts it: the next test (and a shared server) can start one of its own."
+    yield
+    env = registered[0]
+    if Ledger(ledger_target(get_settings(env))).running() is not None:
+        run_mwml("rollout", "abort", env=env)
+
+
 def champion_back(env: dict, version: str):
     "Make `version` the champion again (a test may have promoted another)."
     mlflow.MlflowClient(get_settings(env).tracking_uri).set_registered_model_alias(get_settings(env).model_name, "champion", version)
@@ -94,94 +103,100 @@ def candidate_replicas(server) -> list[psutil.Process]:
     return [p for p, command in commands(server).items() if f"ServeReplica:{CANDIDATE_APP_PREFIX}" in command]
 
 
-def items(n: int) -> list[dict]:
-    holdout = load("holdout").head(n)
-    return [{"title": t, "description": d} for t, d in zip(holdout.title, holdout.description)]
-
-
-@pytest.mark.parametrize("replicas", [0, 2], ids=["uvicorn", "ray-serve"])
-def test_a_shadow_candidate_is_logged_never_returned(registered, replicas):
-    env, champion, _, broken = registered
+@pytest.fixture(scope="module", params=[0, 2], ids=["uvicorn", "ray-serve"])
+def api(request, registered):
+    """One `mwml serve` of the champion per kind (uvicorn; Ray Serve, 2 replicas), shared by the shadow and canary tests (each ends
+    its roll-out): (process, base URL, replicas, the shadow helpers a test saw). The helpers must die with the server."""
+    env, champion, *_ = registered
     champion_back(env, champion)
-    server, base = serve(env, replicas=replicas)
+    server, base = serve(env, replicas=request.param)
+    helpers = []
     try:
-        started = rollout(env, "start", "--candidate", broken, "--policy", "shadow")
-        wait_for_rollout(base, replicas=replicas)
-        batch = items(12)
-        answers = [httpx.post(f"{base}/predict", json={"items": [item]}, headers=TOKEN, timeout=60).json()["predictions"][0]
-                   for item in batch]  # fmt: skip
-        mlflow.set_tracking_uri(get_settings(env).tracking_uri)
-        expected = Predictor.load(champion, settings=get_settings(env)).predict(batch)
-        assert [a["tag"] for a in answers] == [e["tag"] for e in expected] and {a["arm"] for a in answers} == {"champion"}
-
-        log, served = get_settings(env).home / "predictions.db", {a["id"] for a in answers}
-        copied = lambda: served <= set(shadow_rows(log, started["id"]).shadow_of)  # noqa: E731  (written in the background)
-        wait_for(copied, f"a shadow copy of each of the {len(served)} answers in the log", 120)
-        shadows = shadow_rows(log, started["id"])
-        assert set(zip(shadows.arm, shadows.model_version)) == {(broken, broken)}  # the candidate answered every copy
-        users_saw = set(read_predictions(log).id)  # what monitoring reads: the served answers, not the copies
-        assert served <= users_saw and not users_saw & set(shadows.id)
-        helpers = shadow_helpers(server)
-        if replicas:  # on Ray Serve the candidate is an application of its own, called by handle: no helper needed
-            assert httpx.get(f"{base}/model", headers=TOKEN).json()["rollout"]["deployments"], "the candidate is not deployed apart"
-            assert candidate_replicas(server) and not helpers, (candidate_replicas(server), helpers)
-        else:
-            assert len(helpers) == 1, helpers
-        r = run_mwml("rollout", "abort", env=env)
-        assert r.returncode == 0, r.stderr
-        wait_for_rollout(base, running=False, replicas=replicas)
-        wait_for(lambda: not candidate_replicas(server), "the candidate's application was deleted once the roll-out ended", 60)
+        yield server, base, request.param, helpers
+        helpers += shadow_helpers(server)
     finally:
         terminate(server)
     _, alive = psutil.wait_procs(helpers, timeout=15)
     assert not alive, f"shadow helpers outlived their server: {alive}"
 
 
-@pytest.mark.parametrize("replicas", [0, 2], ids=["uvicorn", "ray-serve"])
-def test_a_canary_with_a_broken_candidate_rolls_back_on_its_own(registered, replicas):
-    env, champion, _, broken = registered
+def items(n: int) -> list[dict]:
+    holdout = load("holdout").head(n)
+    return [{"title": t, "description": d} for t, d in zip(holdout.title, holdout.description)]
+
+
+def test_a_shadow_candidate_is_logged_never_returned(registered, api):
+    (env, champion, _, broken), (server, base, replicas, seen_helpers) = registered, api
     champion_back(env, champion)
-    server, base = serve(env, replicas=replicas)
+    started = rollout(env, "start", "--candidate", broken, "--policy", "shadow")
+    wait_for_rollout(base, replicas=replicas)
+    batch = items(12)
+    answers = [httpx.post(f"{base}/predict", json={"items": [item]}, headers=TOKEN, timeout=60).json()["predictions"][0]
+               for item in batch]  # fmt: skip
+    mlflow.set_tracking_uri(get_settings(env).tracking_uri)
+    expected = Predictor.load(champion, settings=get_settings(env)).predict(batch)
+    assert [a["tag"] for a in answers] == [e["tag"] for e in expected] and {a["arm"] for a in answers} == {"champion"}
+
+    log, served = get_settings(env).home / "predictions.db", {a["id"] for a in answers}
+    copied = lambda: served <= set(shadow_rows(log, started["id"]).shadow_of)  # noqa: E731  (written in the background)
+    wait_for(copied, f"a shadow copy of each of the {len(served)} answers in the log", 120)
+    shadows = shadow_rows(log, started["id"])
+    assert set(zip(shadows.arm, shadows.model_version)) == {(broken, broken)}  # the candidate answered every copy
+    users_saw = set(read_predictions(log).id)  # what monitoring reads: the served answers, not the copies
+    assert served <= users_saw and not users_saw & set(shadows.id)
+    helpers = shadow_helpers(server)
+    seen_helpers += helpers  # `api` checks that they die with the server
+    if replicas:  # on Ray Serve the candidate is an application of its own, called by handle: no helper needed
+        assert httpx.get(f"{base}/model", headers=TOKEN).json()["rollout"]["deployments"], "the candidate is not deployed apart"
+        assert candidate_replicas(server) and not helpers, (candidate_replicas(server), helpers)
+    else:
+        assert len(helpers) == 1, helpers
+    r = run_mwml("rollout", "abort", env=env)
+    assert r.returncode == 0, r.stderr
+    wait_for_rollout(base, running=False, replicas=replicas)
+    wait_for(lambda: not candidate_replicas(server), "the candidate's application was deleted once the roll-out ended", 60)
+
+
+def test_a_canary_with_a_broken_candidate_rolls_back_on_its_own(registered, api):
+    (env, champion, _, broken), (server, base, replicas, _) = registered, api
+    champion_back(env, champion)
+    # the latency gate is the notebook's to prove: here a busy machine's p99 must not decide before the broken answers do
+    started = rollout(env, "start", "--candidate", broken, "--steps", "5,25,50,100", "--interval", "60s", "--max-p99-ms", "60000")
+    assert started["plan"]["canary"]["gates"]["max_p99_ms"] == 60000
+    wait_for_rollout(base, replicas=replicas)
+    assert bool(candidate_replicas(server)) == bool(replicas)  # on Ray Serve the candidate runs in an application of its own
+    ledger, stop_traffic, sent = Ledger(ledger_target(get_settings(env))), threading.Event(), []
+
+    def traffic(offset: int):  # 20 requests/s in all, from 4 threads, each request a new user
+        with httpx.Client(timeout=30, headers=TOKEN) as http:
+            next_at = time.monotonic()
+            while not stop_traffic.is_set():
+                i = len(sent)
+                item = batch[i % len(batch)]
+                sent.append(http.post(f"{base}/predict", json={"items": [item]}, headers={"X-Mwml-User": f"u{offset}-{i}"}).status_code)
+                next_at += 0.2
+                time.sleep(max(0.0, next_at - time.monotonic()))
+
+    batch = items(100)
+    t0 = time.monotonic()
+    threads = [threading.Thread(target=traffic, args=(k,)) for k in range(4)]
+    for t in threads:
+        t.start()
     try:
-        # the latency gate is the notebook's to prove: here a busy machine's p99 must not decide before the broken answers do
-        started = rollout(env, "start", "--candidate", broken, "--steps", "5,25,50,100", "--interval", "60s", "--max-p99-ms", "60000")
-        assert started["plan"]["canary"]["gates"]["max_p99_ms"] == 60000
-        wait_for_rollout(base, replicas=replicas)
-        assert bool(candidate_replicas(server)) == bool(replicas)  # on Ray Serve the candidate runs in an application of its own
-        ledger, stop_traffic, sent = Ledger(ledger_target(get_settings(env))), threading.Event(), []
-
-        def traffic(offset: int):  # 20 requests/s in all, from 4 threads, each request a new user
-            with httpx.Client(timeout=30, headers=TOKEN) as http:
-                next_at = time.monotonic()
-                while not stop_traffic.is_set():
-                    i = len(sent)
-                    item = batch[i % len(batch)]
-                    sent.append(http.post(f"{base}/predict", json={"items": [item]}, headers={"X-Mwml-User": f"u{offset}-{i}"}).status_code)
-                    next_at += 0.2
-                    time.sleep(max(0.0, next_at - time.monotonic()))
-
-        batch = items(100)
-        t0 = time.monotonic()
-        threads = [threading.Thread(target=traffic, args=(k,)) for k in range(4)]
-        for t in threads:
-            t.start()
-        try:
-            ended = wait_for(lambda: ledger.get(started["id"])["state"] != "running" and ledger.get(started["id"]), "the canary ended", 120)
-        finally:
-            stop_traffic.set()
-            for t in threads:
-                t.join()
-        print(f"rolled back after {time.monotonic() - t0:.1f} s of traffic and {len(sent)} requests: {ended['reason']}")
-        assert ended["state"] == "rolled back" and "gate disagreement failed" in ended["reason"], ended
-        assert set(sent) == {200}
-        assert replay_canary(ledger, started["id"]).outcome == "rollback"  # the recorded checks replay to the same decisions
-        assert rollout(env, "status")["traffic"]["shares"] == {broken: 0.0}
-        assert mlflow.MlflowClient(get_settings(env).tracking_uri).get_model_version_by_alias(
-            get_settings(env).model_name, "champion").version == int(champion)  # fmt: skip
-        wait_for_rollout(base, running=False, replicas=replicas)
-        wait_for(lambda: not candidate_replicas(server), "the candidate's application was deleted once the roll-out was rolled back")
+        ended = wait_for(lambda: ledger.get(started["id"])["state"] != "running" and ledger.get(started["id"]), "the canary ended", 120)
     finally:
-        terminate(server)
+        stop_traffic.set()
+        for t in threads:
+            t.join()
+    print(f"rolled back after {time.monotonic() - t0:.1f} s of traffic and {len(sent)} requests: {ended['reason']}")
+    assert ended["state"] == "rolled back" and "gate disagreement failed" in ended["reason"], ended
+    assert set(sent) == {200}
+    assert replay_canary(ledger, started["id"]).outcome == "rollback"  # the recorded checks replay to the same decisions
+    assert rollout(env, "status")["traffic"]["shares"] == {broken: 0.0}
+    assert mlflow.MlflowClient(get_settings(env).tracking_uri).get_model_version_by_alias(
+        get_settings(env).model_name, "champion").version == int(champion)  # fmt: skip
+    wait_for_rollout(base, running=False, replicas=replicas)
+    wait_for(lambda: not candidate_replicas(server), "the candidate's application was deleted once the roll-out was rolled back")
 
 
 def test_users_keep_their_arm_across_a_restart_and_a_promotion_moves_the_champion(registered):
