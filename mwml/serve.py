@@ -985,6 +985,7 @@ def pruning(config: ServeConfig,  # its `retention_days` and log
     try: yield
     finally: stop.set()
 
+# %% ../nbs/11_serve.ipynb #a9e1c002
 def end_now(sig: int):
     "End this process by signal `sig` at once, as if it had no handler for it (a second SIGTERM: the operator will not wait)."
     signal.signal(sig, signal.SIG_DFL)
