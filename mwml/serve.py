@@ -381,12 +381,12 @@ class MicroBatcher:
                  ):
         self.fn, self.max_batch_size, self.wait_s = fn, max_batch_size, wait_s
         self.max_queued, self.max_wait_s = max_queued, max_wait_s
-        self.queue, self.loop = None, None
+        self.queue, self.loop, self.waiting = None, None, set()  # `waiting`: the futures of the items in the queue
         self.item_s = 0.0  # seconds per item in recent batches (a moving average); 0 before the first batch
 
     def queued(self) -> int:
-        "Items waiting for `fn` now."
-        return self.queue.qsize() if self.queue else 0
+        "Items waiting for `fn` now; one whose caller gave up is not counted (it costs nothing: the batch skips it)."
+        return sum(not future.done() for future in list(self.waiting))
 
     def admit(self, n: int = 1,  # items a request would queue
               ):
@@ -404,9 +404,10 @@ class MicroBatcher:
         "The result of `fn` for `item`, computed in a batch with whatever else is queued."
         loop = asyncio.get_running_loop()
         if self.loop is not loop:  # first call, or a new event loop (a restarted server)
-            self.queue, self.loop = asyncio.Queue(), loop
+            self.queue, self.loop, self.waiting = asyncio.Queue(), loop, set()
             self.task = loop.create_task(self._run(self.queue))
         future = loop.create_future()
+        self.waiting.add(future)
         self.queue.put_nowait((item, future))
         return await future
 
@@ -419,6 +420,7 @@ class MicroBatcher:
                 if (left := deadline - time.monotonic()) <= 0: break
                 try: batch.append(await asyncio.wait_for(queue.get(), left))
                 except TimeoutError: break
+            self.waiting.difference_update(future for _, future in batch)
             batch = [(item, future) for item, future in batch if not future.done()]  # cancelled: its caller gave up
             if not batch: continue
             start = time.perf_counter()
