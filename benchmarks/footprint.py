@@ -25,7 +25,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import RESULTS, ROOT, Benchmark, git_state
+from common import RESULTS, ROOT, Benchmark
+
+from mwml.config import git_sha
 
 SUMMARY = re.compile(r"^=+ (.*\d+ (?:passed|failed).*) in ([\d.]+)s", re.M)
 
@@ -130,7 +132,7 @@ def main():
         plan = [] if args.skip_quick else [("quick", ["make", "test"], False)]
         plan += [("ci", ["bash", ".ci/run"], False)] * args.runs + [("ci", ["bash", ".ci/run"], True)] * args.burner_runs
         for i, (tier, command, burner) in enumerate(plan):
-            run = {"tier": tier, "git_sha": git_state()["git_sha"], **timed(command, where, env, work / f"{i}-{tier}.log", burner)}
+            run = {"tier": tier, "git_sha": git_sha(where), **timed(command, where, env, work / f"{i}-{tier}.log", burner)}  # what ran
             result["runs"].append(run)
             print(f"{tier}{' + burner' if burner else ''}: {run['seconds'] / 60:.1f} min, exit {run['returncode']}, {run['pytest']}")
             save(bench, result)

@@ -232,8 +232,7 @@ class RayCluster:
             try:
                 self.node2.wait_started()
             except RuntimeError:
-                self.timings.setdefault("node2_start_failures", 0)
-                self.timings["node2_start_failures"] += 1
+                self.timings["node2_start_failures"] = attempt
                 if attempt == tries or RAYLET_TIMED_OUT not in self.node2.log.read_text(errors="replace"):
                     raise
                 self.node2.kill()  # what that try started, before the next one
