@@ -1222,10 +1222,10 @@ def ray_serve_env(ingress: str,  # `haproxy` or `proxy` (`INGRESSES`)
                   env: dict,  # the variables already set: each one set there wins
                   ) -> dict:
     "The variables that give a Ray which mwml starts itself the Ray Serve `ingress` asked for, and patience with a busy machine."
-    # Serve kills a proxy that is not ready within 5 s, and `serve.start` then fails: on busy cores its worker may not even have started
-    wanted = {"RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S": "60"}
+    wanted = {"RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S": "60"}  # not 5 s: on busy cores the proxy's worker may not have started
     if ingress != "proxy":
         wanted |= {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1", "RAY_SERVE_ENABLE_HA_PROXY": "1",
+                   "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "2",  # not 30 s: the only balancer is HAProxy, here
                    "RAY_SERVE_HAPROXY_STATS_PORT": str(free_port()), "RAY_SERVE_HAPROXY_METRICS_PORT": str(free_port()),
                    "RAY_SERVE_FALLBACK_PROXY_HTTP_PORT": str(free_port()), "RAY_SERVE_FALLBACK_PROXY_GRPC_PORT": str(free_port())}
     return {k: v for k, v in wanted.items() if k not in env}
