@@ -443,6 +443,9 @@ def serve(model: Annotated[str, typer.Option(help=MODEL_HELP, envvar="MWML_SERVE
           max_wait_s: Annotated[float | None, typer.Option(help="the longest wait for the model a request may expect, from "
                                                            "recent speed; longer: 503 with Retry-After (default 0.5)",
                                                            envvar="MWML_SERVE_MAX_WAIT_S", show_envvar=True, min=0)] = None,
+          max_connections: Annotated[int | None, typer.Option(help="uvicorn alone: open connections at most; past it a plain 503 "
+                                                              "(a backstop far above the queue; default 4096)",
+                                                              envvar="MWML_SERVE_MAX_CONNECTIONS", show_envvar=True, min=1)] = None,
           device: Annotated[str | None, typer.Option(help=DEVICE_HELP, envvar="MWML_DEVICE", show_envvar=True)] = None):
     """Serve the HTTP API (POST /predict, /health, /ready, /model, /feedback, /report, /metrics, /docs). Bearer auth when MWML_API_TOKEN
     is set; the review page /review when MWML_REVIEW_TOKEN is.
@@ -454,7 +457,7 @@ def serve(model: Annotated[str, typer.Option(help=MODEL_HELP, envvar="MWML_SERVE
         use_device(device)
         if replicas < 0: raise MwmlError("--replicas must be 0 (uvicorn alone) or more")
         config = ServeConfig.from_env(model=model, max_batch_size=max_batch_size, batch_wait_s=batch_wait_s, max_queued=max_queued,
-                                      max_wait_s=max_wait_s)
+                                      max_wait_s=max_wait_s, max_connections=max_connections)
         typer.echo(f"loading {model}, then serving it on http://{host}:{port} "
                    f"({replicas or 'no'} Ray Serve replicas); docs at /docs; Ctrl+C stops")
         run_server(config, host, port, replicas, setup=set_up_copy, supervise=supervise_rollouts)

@@ -5,6 +5,7 @@
 # %% ../nbs/00_config.ipynb #3a378534
 from __future__ import annotations
 
+import atexit
 import importlib.util
 import json
 import logging
@@ -35,8 +36,9 @@ __all__ = ['LOG_LEVELS', 'DEVICES', 'BOOLEANS', 'KIND_NAMES', 'logger', 'SECRETS
            'LazyFileHandler', 'setup_logging', 'set_seeds', 'pick_device', 'DatabaseError', 'is_database_url',
            'hide_password', 'shown_url', 'database_url', 'server_address', 'open_database', 'driver_reason',
            'database_error', 'connected', 'check_database', 'artifact_location', 'use_mlflow', 'git_sha',
-           'RayConnectionError', 'check_ray_address', 'driver_secrets', 'ray_worker_setup', 'is_secret',
-           'worker_variables', 'ray_runtime_env', 'ClusterTrackingError', 'check_cluster_tracking', 'init_ray']
+           'RayConnectionError', 'check_ray_address', 'driver_secrets', 'ray_worker_setup', 'hand_secrets',
+           'forget_secrets', 'is_secret', 'worker_variables', 'ray_runtime_env', 'ClusterTrackingError',
+           'check_cluster_tracking', 'init_ray']
 
 # %% ../nbs/00_config.ipynb #ccc30c08
 class MwmlError(Exception):
@@ -427,6 +429,21 @@ def ray_worker_setup():
     sys.stdout = sys.stderr
     if key := os.environ.get("MWML_SECRETS_KEY"): os.environ.update(driver_secrets(key))
 
+def hand_secrets(key: str,  # this driver's key, `MWML_SECRETS_KEY` in its runtime_env
+                 secrets: dict[str, str],  # the secret variables its workers need
+                 ):
+    "Put `secrets` in the connected Ray's key-value store under `key` until this process exits."
+    from ray.experimental.internal_kv import _internal_kv_put
+    _internal_kv_put(key, json.dumps(secrets), namespace=SECRETS_NAMESPACE)
+    atexit.register(forget_secrets, key)  # runs before Ray's own exit handler, registered when ray was imported
+
+def forget_secrets(key: str,  # a key `hand_secrets` used
+                   ):
+    "Delete the secrets under `key` from the key-value store of the Ray this process is still connected to."
+    import ray
+    from ray.experimental.internal_kv import _internal_kv_del
+    if ray.is_initialized(): _internal_kv_del(key, namespace=SECRETS_NAMESPACE)
+
 # %% ../nbs/00_config.ipynb #17ef5064
 RAY_ENV_PREFIXES = ("MWML_", "MLFLOW_")  # the variables every Ray worker gets from the driver
 SECRET_NAME = re.compile(r"(TOKEN|PASSWORD|SECRET)$")  # a variable so named holds a credential
@@ -490,12 +507,11 @@ def init_ray(num_cpus: int | None = None,  # CPUs for a local Ray; default: all
         where = f"the Ray cluster at RAY_ADDRESS={address}" if address else "a local Ray"
         raise RayConnectionError(f"could not start or reach {where}: {e}. Check that the cluster is up (`ray status`), "
                                  "or, on a busy machine, run the command again") from None
-    if secrets:  # workers wait for them (`driver_secrets`): the store is only there once Ray is
-        from ray.experimental.internal_kv import _internal_kv_put
-        _internal_kv_put(key, json.dumps(secrets), namespace=SECRETS_NAMESPACE)
+    if secrets: hand_secrets(key, secrets)  # workers wait for them (`driver_secrets`): the store is only there once Ray is
     nodes = sum(node["Alive"] for node in ray.nodes())
     try: check_cluster_tracking(s.tracking_uri, nodes)
     except ClusterTrackingError:
+        forget_secrets(key)
         ray.shutdown()
         raise
     logger.info("Ray: %s, %d node(s), %g CPUs%s", address or "local", nodes, ray.cluster_resources().get("CPU", 0),

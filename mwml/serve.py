@@ -14,10 +14,10 @@ __all__ = ['logger', 'INGRESSES', 'LOG_TABLES', 'PREDICTIONS', 'PREDICTION_INDEX
            'Predictions', 'ModelInfo', 'Health', 'Ready', 'Recorded', 'auth_refusal', 'read_limited', 'body_refusal',
            'internal_error', 'log_unavailable', 'add_guard', 'validation_problems', 'add_validation_answers',
            'add_probe_routes', 'holdout_metrics', 'add_model_routes', 'declare_bearer_auth', 'build_app',
-           'reload_on_sighup', 'supervised', 'pruning', 'end_now', 'GracefulServer', 'serve_uvicorn', 'live_metrics',
-           'merge_metrics', 'share_metrics', 'log_to_replica_file', 'replica_app', 'reload_replica', 'serve_deployment',
-           'model_deployment', 'ModelNotDeployed', 'handle_loop', 'DeployedModel', 'AppArgs', 'app', 'free_port',
-           'ray_serve_env', 'serve_ray', 'run_server']
+           'reload_on_sighup', 'supervised', 'pruning', 'end_now', 'GracefulServer', 'uvicorn_config', 'serve_uvicorn',
+           'live_metrics', 'merge_metrics', 'share_metrics', 'log_to_replica_file', 'replica_app', 'reload_replica',
+           'serve_deployment', 'model_deployment', 'ModelNotDeployed', 'handle_loop', 'DeployedModel', 'AppArgs', 'app',
+           'free_port', 'ray_serve_env', 'serve_ray', 'run_server']
 
 # %% ../nbs/11_serve.ipynb #56275478
 import asyncio
@@ -65,7 +65,7 @@ from .predict import Predictor
 logger = logging.getLogger(__name__)
 
 _MINIMUMS = {"max_items": 1, "max_body_bytes": 1, "max_batch_size": 1, "batch_wait_s": 0, "max_queued": 1, "max_wait_s": 0, "grace_s": 0,
-             "log_timeout_s": 0.001, "retention_days": 0}
+             "log_timeout_s": 0.001, "retention_days": 0, "max_connections": 1}
 INGRESSES = ("haproxy", "proxy")
 
 @dataclass
@@ -78,6 +78,7 @@ class ServeConfig:
     batch_wait_s: float = 0.0  # extra wait for a batch to fill; 0: take what is queued
     max_queued: int = 1024  # items waiting for the model at most; a request that would pass it is refused (503, Retry-After)
     max_wait_s: float = 0.5  # the longest wait for the model a request may expect (from recent speed); longer: refused the same way
+    max_connections: int = 4096  # uvicorn alone: open connections at most; past it a bare 503 before the request is read
     grace_s: float = 10.0  # on SIGTERM or Ctrl+C: how long requests in flight may take to finish (new ones are refused)
     log_timeout_s: float = 5.0  # the longest a log write may wait for SQLite's lock or run on PostgreSQL; then 503
     retention_days: float = 0.0  # predictions older than this are deleted, once an hour (`prune_log`); 0 keeps everything
@@ -1000,6 +1001,17 @@ class GracefulServer(uvicorn.Server):
         if self.should_exit and sig == signal.SIGINT: self.force_exit = True  # a second Ctrl+C: stop waiting, as uvicorn does
         self.should_exit = True  # not recorded in `_captured_signals`, so never raised again
 
+# %% ../nbs/11_serve.ipynb #b1d2c3e4
+def uvicorn_config(app: Callable,  # the ASGI app
+                   config: ServeConfig,  # how to serve: `max_connections`, `grace_s`
+                   host: str = "127.0.0.1",  # interface to bind
+                   port: int = 8000,  # TCP port
+                   ) -> uvicorn.Config:
+    "uvicorn's settings for `app`: at most `max_connections` connections at once, `grace_s` for requests in flight on a stop."
+    # uvicorn refuses a request once the open connections, its own included, reach `limit_concurrency`
+    return uvicorn.Config(app, host=host, port=port, log_level="warning", limit_concurrency=config.max_connections + 1,
+                          timeout_graceful_shutdown=config.grace_s)
+
 # %% ../nbs/11_serve.ipynb #fdde04b8
 def serve_uvicorn(config: ServeConfig,  # how to serve
                   host: str = "127.0.0.1",  # interface to bind
@@ -1012,8 +1024,7 @@ def serve_uvicorn(config: ServeConfig,  # how to serve
     engine = Engine(config, predictor) if predictor is not None else Engine(config).load()
     if setup: setup(engine)
     logger.info("serving on http://%s:%d with uvicorn alone (replica %s); SIGHUP reloads the model", host, port, engine.replica)
-    server = GracefulServer(uvicorn.Config(build_app(engine), host=host, port=port, log_level="warning",
-                                           timeout_graceful_shutdown=config.grace_s))
+    server = GracefulServer(uvicorn_config(build_app(engine), config, host, port))
     with reload_on_sighup(engine.load), supervised(supervise, engine.load), closing(engine.shadows), pruning(config):
         server.run()
     logger.info("stopped: requests in flight had up to %s s to finish; shadow answers logged", config.grace_s)

@@ -163,6 +163,16 @@ class RayCluster:
         with urllib.request.urlopen(req, timeout=10) as r:
             return json.load(r)["data"]["result"]["result"]
 
+    def kv_keys(self, namespace: str) -> list[str]:
+        "The keys in one namespace of the cluster's key-value store (the GCS's), read by a driver of its own."
+        script = (
+            "import json, ray; from ray.experimental.internal_kv import _internal_kv_list; ray.init(); "
+            f"print(json.dumps([k.decode() for k in _internal_kv_list('', namespace={namespace!r})]))"
+        )
+        r = subprocess.run([sys.executable, "-c", script], env={**os.environ, **self.env}, capture_output=True, text=True, timeout=120)
+        assert r.returncode == 0, r.stderr[-2000:]
+        return json.loads(r.stdout.splitlines()[-1])
+
     def nodes(self) -> list[dict]:
         "Every node the GCS knows, alive or dead."
         return self.state("nodes")

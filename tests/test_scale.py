@@ -35,7 +35,7 @@ from helpers import (
 from ray.serve.schema import ServeDeploySchema
 from ray_cluster import start_cluster
 
-from mwml.config import get_settings
+from mwml.config import SECRETS_NAMESPACE, get_settings
 from mwml.data import load
 from mwml.predict import Predictor
 from mwml.serve import AppArgs
@@ -200,6 +200,7 @@ def test_serve_puts_a_replica_on_each_node_and_survives_losing_one(cluster, on_c
     finally:
         terminate(server)
         cluster.restart_second_node()
+    assert cluster.kv_keys(SECRETS_NAMESPACE) == []  # the server took its secrets out of the cluster's store as it exited
 
 
 @pytest.mark.full
