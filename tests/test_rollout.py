@@ -17,12 +17,11 @@ import psutil
 import pytest
 import sqlalchemy as sa
 from helpers import mwml_env, register, run_mwml, serve, terminate, train, wait_for
-from scipy.stats import binomtest
 
 from mwml.config import get_settings
 from mwml.data import load
 from mwml.predict import Predictor
-from mwml.rollout import CANDIDATE_APP_PREFIX, Ledger, current_traffic, ledger_target, replay, replay_canary
+from mwml.rollout import CANDIDATE_APP_PREFIX, Ledger, current_traffic, in_test, ledger_target, replay, replay_canary
 from mwml.serve import read_predictions
 
 pytestmark = pytest.mark.full  # the whole module is a long proof: `make test-full`
@@ -230,20 +229,21 @@ def test_users_keep_their_arm_across_a_restart_and_a_promotion_moves_the_champio
         champion_back(env, champion)
 
 
-def labelled_traffic(base: str, until, patience: float = 120) -> int:
-    "Send holdout projects, each from a new user, and post each answer's true tag, until `until()`: the requests sent."
+def labelled_traffic(base: str, until, patience: float = 120) -> dict[str, str]:
+    "Send holdout projects, each from a new user, and post each answer's true tag, until `until()`: each answer's user by its id."
     holdout = load("holdout")
-    deadline, sent = time.monotonic() + patience, 0
+    deadline, users = time.monotonic() + patience, {}
     with httpx.Client(timeout=30, headers=TOKEN) as http:
         while not until():
-            assert time.monotonic() < deadline, f"no decision after {sent} labelled requests in {patience} s"
-            row = holdout.iloc[sent % len(holdout)]
+            assert time.monotonic() < deadline, f"no decision after {len(users)} labelled requests in {patience} s"
+            row, user = holdout.iloc[len(users) % len(holdout)], f"user-{len(users)}"
             item = {"title": row.title, "description": row.description}
-            r = http.post(f"{base}/predict", json={"items": [item]}, headers={"X-Mwml-User": f"user-{sent}"})
+            r = http.post(f"{base}/predict", json={"items": [item]}, headers={"X-Mwml-User": user})
             assert r.status_code == 200, r.text
-            assert http.post(f"{base}/feedback", json={"id": r.json()["predictions"][0]["id"], "tag": row.tag}).status_code == 200
-            sent += 1
-    return sent
+            answer_id = r.json()["predictions"][0]["id"]
+            assert http.post(f"{base}/feedback", json={"id": answer_id, "tag": row.tag}).status_code == 200
+            users[answer_id] = user
+    return users
 
 
 def test_ab_and_bandit_decide_on_feedback_through_the_server(registered):
@@ -256,9 +256,9 @@ def test_ab_and_bandit_decide_on_feedback_through_the_server(registered):
         # worse on the labels and rolls it back
         ab = rollout(env, "start", "--candidate", broken, "--policy", "ab", "--share", "50", "--exposure", "20,100", "--interval", "15s")
         wait_for_rollout(base)
-        sent = labelled_traffic(base, lambda: ledger.get(ab["id"])["state"] != "running")
+        users = labelled_traffic(base, lambda: ledger.get(ab["id"])["state"] != "running")
         ended = ledger.get(ab["id"])
-        print(f"A/B ended after {sent} labelled requests: {ended['state']}, {ended['reason']}")
+        print(f"A/B ended after {len(users)} labelled requests: {ended['state']}, {ended['reason']}")
         assert ended["state"] == "rolled back" and "the candidate is worse" in ended["reason"], ended
         assert replay(ledger, ab["id"]) >= 1  # every recorded check replays to the same decision
         events = ledger.events(ab["id"])
@@ -268,15 +268,17 @@ def test_ab_and_bandit_decide_on_feedback_through_the_server(registered):
             assert widened["data"]["decision"]["exposure"] == 1.0 and widened["data"]["srm"] >= 0.001, widened
         else:  # a worse candidate is rolled back at any step: on a slow run the labels can settle it inside the first one
             print("the A/B test decided inside its first exposure step, before widening")
-        first_step_end = (widenings or events)[-1]["time"]
+        # Which users the test held, checked user by user against the hash that assigns them, not counted inside a time window. A
+        # row is stamped after its request was routed, and the controller stamps a change before the routers can read it: a row
+        # stamped before the widening (or the end) was routed at 20% exposure
         with sa.create_engine(f"sqlite:///{get_settings(env).home / 'predictions.db'}").connect() as conn:
-            query = "SELECT rollout_id FROM predictions WHERE time BETWEEN :start AND :end AND shadow_of IS NULL"
-            first_step = pd.read_sql(sa.text(query), conn, params={"start": ab["started"], "end": first_step_end - 1.5})
-        in_test, users = int((first_step.rollout_id == ab["id"]).sum()), len(first_step)  # 1.5 s: the routers see a change in a second
-        print(f"first exposure step: {in_test} of {users} users in the test")
-        # as many as 20% exposure would put there, whatever the machine's speed: a binomial test, not a count inside a time window
-        # (all of 5 users in the test, or none of 31, is already a p < 0.001 against 20%)
-        assert users and binomtest(in_test, users, 0.2).pvalue >= 1e-3, (in_test, users)
+            rows = pd.read_sql(sa.text("SELECT id, time, rollout_id FROM predictions WHERE shadow_of IS NULL"), conn)
+        rows = rows[rows.id.isin(users) & (rows.time < events[-1]["time"])]  # answered while the A/B test ran
+        first_fifth = rows.id.map(lambda answer: in_test(users[answer], ab["id"], 0.2))  # the users 20% exposure puts in the test
+        tested, first_step = rows.rollout_id == ab["id"], rows.time < (widenings or events)[-1]["time"]
+        print(f"first exposure step: {tested[first_step].sum()} of {first_step.sum()} users in the test")
+        assert tested.any() and tested[first_fifth].all()  # the first fifth is in the test at every step (exposure only grows)
+        assert not tested[first_step & ~first_fifth].any()  # nobody else, until it widened
         wait_for_rollout(base, running=False)
 
         # bandit: after the burn-in, Thompson sampling moves the traffic to the champion, keeping the floor on the candidate
@@ -286,8 +288,8 @@ def test_ab_and_bandit_decide_on_feedback_through_the_server(registered):
         def weights() -> dict:
             return current_traffic(ledger, bandit["id"]).get("weights") or {}
 
-        sent = labelled_traffic(base, lambda: weights().get("champion", 0) > 0.9)
-        print(f"bandit weights after {sent} labelled requests: {weights()}")
+        answered = labelled_traffic(base, lambda: weights().get("champion", 0) > 0.9)
+        print(f"bandit weights after {len(answered)} labelled requests: {weights()}")
         assert weights()[broken] >= 0.01  # the floor
         assert replay(ledger, bandit["id"]) >= 1
         r = run_mwml("rollout", "abort", env=env)
