@@ -233,25 +233,27 @@ class RayCluster:
     def start_second_node(
         self,
         temp_dir: Path,  # its own Ray temp dir
-        tries: int = 3,  # `ray start`s, when the raylet did not register in time
+        tries: int = 5,  # `ray start`s, when the raylet did not register in time
     ):
-        """Start the second node; start it again when `ray start` gave up on its raylet (on a machine busy with the tests, it may
-        register after the 30 s `ray start` allows: the setup of the cluster, not what a test proves). Every try is in `timings`."""
+        """Start the second node; start it again when `ray start` gave up on its raylet (on a machine busy with the tests, the
+        GCS may not answer within the 30 s `ray start` allows: the setup of the cluster, not what a test proves). Before the next
+        try, the head has seen everything the failed one started die. Every failed try is counted in `timings`."""
         for attempt in range(1, tries + 1):
             self.node2 = start_node("node2", self.node2_args, temp_dir, self.env)
             try:
                 self.node2.wait_started()
             except RuntimeError:
-                self.timings["node2_start_failures"] = attempt
+                self.timings["node2_start_failures"] = self.timings.get("node2_start_failures", 0) + 1
                 if attempt == tries or RAYLET_TIMED_OUT not in self.node2.log.read_text(errors="replace"):
                     raise
-                self.node2.kill()  # what that try started, before the next one
+                self.node2.kill()  # what that try started; its raylet may have registered after `ray start` gave up on it
+                self.wait_nodes(1, timeout=300)
             else:
                 return
 
-    def restart_second_node(self):
-        "Start the second node again after `kill_second_node` (if it was killed), once the head has seen it die; wait until both are ALIVE."
-        if self.node2.alive():  # a test that failed before its kill: nothing to restart
+    def ensure_second_node(self):
+        "Start the second node again if it is down (a test killed it), once the head has seen it die; wait until both are ALIVE."
+        if self.node2.alive():
             return
         self.wait_nodes(1, timeout=300)  # else the old node, not yet marked dead, counts among the ALIVE ones
         self.start_second_node(self.root / "w2")

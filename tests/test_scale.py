@@ -60,7 +60,7 @@ def test_the_sample_serve_config_is_what_serve_build_writes(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def cluster(tmp_path_factory):
+def ray_nodes(tmp_path_factory):
     "A head and a second node (custom resource `node2`) on 127.0.0.1; every process of both stopped afterwards."
     root = Path(tempfile.mkdtemp(prefix="rc", dir="/tmp"))  # short: Ray's socket paths must stay under 108 characters
     # Serve's proxy prefers replicas on its own node; with the proxy on the head only, spread requests over both nodes
@@ -81,9 +81,16 @@ def tracking(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def on_cluster(cluster, tracking, good_files, tmp_path_factory):
+def on_cluster(ray_nodes, tracking, good_files, tmp_path_factory):
     "Environment for `mwml` commands that run on the cluster: RAY_ADDRESS (and its token), the tracking server, a home."
-    return {**mwml_env(tmp_path_factory.mktemp("scale") / "home", good_files), **cluster.env, "MLFLOW_TRACKING_URI": tracking}
+    return {**mwml_env(tmp_path_factory.mktemp("scale") / "home", good_files), **ray_nodes.env, "MLFLOW_TRACKING_URI": tracking}
+
+
+@pytest.fixture
+def cluster(ray_nodes):
+    "The module's cluster with both nodes up: a test that kills the second node leaves it to the next test that needs it to start."
+    ray_nodes.ensure_second_node()
+    return ray_nodes
 
 
 def both_nodes(cluster) -> set[str]:
@@ -92,8 +99,9 @@ def both_nodes(cluster) -> set[str]:
 
 
 @pytest.fixture(scope="module")
-def trained(cluster, on_cluster):
+def trained(ray_nodes, on_cluster):
     "`mwml train --num-workers 2` on the cluster, then `mwml register`: (the run id, the registered version)."
+    ray_nodes.ensure_second_node()
     run_id = train(on_cluster, "--backbone", "tiny", "--epochs", "1", "--sample-size", "200", "--num-workers", "2")
     return run_id, register(on_cluster, run_id)
 
@@ -199,7 +207,6 @@ def test_serve_puts_a_replica_on_each_node_and_survives_losing_one(cluster, on_c
         assert after == [200] * 20, after
     finally:
         terminate(server)
-        cluster.restart_second_node()
     assert cluster.kv_keys(SECRETS_NAMESPACE) == []  # the server took its secrets out of the cluster's store as it exited
 
 
@@ -227,7 +234,6 @@ def test_a_node_dying_mid_training_ends_the_run_failed_with_the_reason(cluster, 
         if trainer.poll() is None:
             trainer.kill()
             trainer.communicate()
-        cluster.restart_second_node()
     assert trainer.returncode != 0 and "Ray Train failed" in stderr and "is marked FAILED" in stderr, stderr[-3000:]
     run = client.get_run(run.info.run_id)
     assert run.info.status == "FAILED" and run.data.tags["failure"], run.data.tags
