@@ -271,8 +271,7 @@ def test_ab_and_bandit_decide_on_feedback_through_the_server(registered):
         # Which users the test held, checked user by user against the hash that assigns them, not counted inside a time window. A
         # row is stamped after its request was routed, and the controller stamps a change before the routers can read it: a row
         # stamped before the widening (or the end) was routed at 20% exposure
-        with sa.create_engine(f"sqlite:///{get_settings(env).home / 'predictions.db'}").connect() as conn:
-            rows = pd.read_sql(sa.text("SELECT id, time, rollout_id FROM predictions WHERE shadow_of IS NULL"), conn)
+        rows = read_predictions(get_settings(env).home / "predictions.db")  # the answers users got, as monitoring reads them
         rows = rows[rows.id.isin(users) & (rows.time < events[-1]["time"])]  # answered while the A/B test ran
         first_fifth = rows.id.map(lambda answer: in_test(users[answer], ab["id"], 0.2))  # the users 20% exposure puts in the test
         tested, first_step = rows.rollout_id == ab["id"], rows.time < (widenings or events)[-1]["time"]
